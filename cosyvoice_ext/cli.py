@@ -1,0 +1,79 @@
+"""`cosyext` command line. Each subcommand lives in its own module exposing
+``register(subparsers)`` (adds its parser, sets ``func``) so heavy imports stay lazy.
+
+Exit codes: 0 ok, 1 findings or conflict, 2 usage or environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import CosyextError
+
+# name -> module under cosyvoice_ext.commands; order is the order shown in --help
+COMMAND_MODULES = (
+    "vendor",
+    "patch_cmds",
+    "lock_cmd",
+    "plugins_cmd",
+    "lint_cmd",
+    "export_cmd",
+    "demo",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; add the next step
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for usage)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cosyext",
+        description="Patch, lint, train (LoRA) and export upstream CosyVoice with its stock train.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cosyext {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for mod in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"cosyvoice_ext.commands.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cosyvoice_ext.commands.{mod}":
+                continue  # a command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except CosyextError as exc:
+        if args.verbose:
+            raise
+        print(f"cosyext {args.command}: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"  next: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cosyext: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `cosyext`, one module each (see cosyvoice_ext.cli)."""

@@ -1,0 +1,200 @@
+"""The patch engine: apply `patches/series` to an upstream tree atomically and idempotently,
+report per-file state, and revert to pristine upstream without ever losing a user's edits.
+
+Patches are applied with real `git apply` in a private staging directory holding copies of the
+touched files; the tree itself is only written after the whole series applied there and every
+result matched the hashes in vendor.lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from . import pin
+from .errors import LockError, PatchConflict, VerificationError
+from .lockfile import Lock
+from .tree import FileState, State, classify
+
+_DIFF_TARGET = re.compile(r"^\+\+\+ b/(\S+)", re.M)
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    path: Path
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def sha256(self) -> str:
+        return pin.sha256(self.path.read_bytes())
+
+    def touched(self) -> list[str]:
+        return sorted(set(_DIFF_TARGET.findall(self.text)))
+
+
+def default_patches_dir() -> Path:
+    return Path(str(resources.files("cosyvoice_ext.patches")))
+
+
+def read_series(patches_dir: Path | None = None) -> list[Patch]:
+    """Patches in `series` order; a listed file that does not exist is an error, not a skip."""
+    patches_dir = patches_dir or default_patches_dir()
+    series = patches_dir / "series"
+    if not series.is_file():
+        raise LockError(f"{series} does not exist", hint="reinstall cosyvoice-ext")
+    out = []
+    for line in series.read_text(encoding="utf-8").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        path = patches_dir / name
+        if not path.is_file():
+            raise LockError(f"patch {name} is listed in {series} but missing", hint="restore it or remove it from series")
+        out.append(Patch(name, path))
+    return out
+
+
+def touched_files(patches: list[Patch]) -> list[str]:
+    return sorted({f for p in patches for f in p.touched()})
+
+
+def check_lock_matches_series(lock: Lock, patches: list[Patch]) -> None:
+    """Refuse to work with patches that differ from the ones the lock was generated for."""
+    want = [(p["name"], p["sha256"]) for p in lock.patches]
+    have = [(p.name, p.sha256) for p in patches]
+    if want != have:
+        changed = sorted({n for n, _ in set(want) ^ set(have)})
+        raise LockError(
+            "patches/ does not match vendor.lock (changed, added, removed or reordered: "
+            + ", ".join(changed or ["order"]) + ")",
+            hint="regenerate the lock with 'cosyext lock' and commit both",
+        )
+
+
+def stage_series(root: Path, patches: list[Patch], files: list[str], reverse: bool = False) -> dict[str, bytes]:
+    """Apply (or reverse) `patches` to copies of `files` from `root`; return the new contents.
+
+    Raises PatchConflict naming the first patch that does not apply; `root` is never written.
+    """
+    import git
+
+    with tempfile.TemporaryDirectory(prefix="cosyext-stage-") as tmp:
+        stage = Path(tmp)
+        git.Repo.init(stage)  # so `git apply` never resolves paths against an enclosing repository
+        for rel in files:
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, dst)
+        g = git.Git(stage)
+        for patch in (reversed(patches) if reverse else patches):
+            args = ["--whitespace=nowarn"] + (["--reverse"] if reverse else []) + [str(patch.path.resolve())]
+            try:
+                g.apply(*args)
+            except git.GitCommandError as exc:
+                what = "reverse-apply" if reverse else "apply"
+                raise PatchConflict(
+                    f"patch {patch.name} does not {what} to {root}: {exc.stderr.strip()}\n"
+                    "  upstream changed since the patch was made, or a patched file was edited; nothing was written",
+                    hint=f"run 'cosyext status --upstream {root}' to see which file differs",
+                ) from None
+        return {rel: (stage / rel).read_bytes() for rel in files}
+
+
+def write_atomically(root: Path, contents: dict[str, bytes]) -> None:
+    """Replace each file by rename so a crash leaves either the old or the new bytes."""
+    for rel, data in contents.items():
+        target = root / rel
+        tmp = target.with_name(f".{target.name}.cosyext-tmp")
+        tmp.write_bytes(data)
+        shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+
+
+@dataclass
+class Outcome:
+    message: str
+    changed: list[str]
+
+
+def _partition(states: list[FileState], files: list[str]) -> tuple[dict[State, list[str]], list[str]]:
+    by: dict[State, list[str]] = {s: [] for s in State}
+    for st in states:
+        by[st.state].append(st.path)
+    touched_drift = [f for f in by[State.DRIFTED] if f in files]
+    return by, touched_drift
+
+
+def _refuse_bad_tree(root: Path, by: dict[State, list[str]], allow_drift: bool, files: list[str]) -> None:
+    if by[State.MISSING]:
+        raise VerificationError(
+            f"{len(by[State.MISSING])} locked upstream file(s) missing under {root}: "
+            + ", ".join(by[State.MISSING][:8]) + (" ..." if len(by[State.MISSING]) > 8 else ""),
+            hint=f"is {root} an upstream CosyVoice checkout? get one with 'cosyext vendor DIR'",
+        )
+    drifted = by[State.DRIFTED]
+    blocking = drifted if not allow_drift else [f for f in drifted if f in files]
+    if blocking:
+        raise PatchConflict(
+            "these upstream files differ from both the pinned and the patched version (local edits or another "
+            "upstream commit), so nothing was changed:\n" + "\n".join(f"  {f}" for f in blocking),
+            hint=f"keep your edits elsewhere, then restore them with 'git -C {root} checkout -- <file>'"
+            + ("" if allow_drift else "; or pass --allow-drift if they are not files the patches touch"),
+        )
+
+
+def apply_series(root: Path, lock: Lock, patches: list[Patch], check: bool = False,
+                 allow_drift: bool = False) -> Outcome:
+    """Verify the tree, then apply the whole series or nothing."""
+    check_lock_matches_series(lock, patches)
+    files = touched_files(patches)
+    unknown = [f for f in files if f not in lock.files]
+    if unknown:
+        raise LockError(f"patches touch files vendor.lock does not pin: {', '.join(unknown)}",
+                        hint="regenerate the lock with 'cosyext lock'")
+    by, _ = _partition(classify(root, lock), files)
+    _refuse_bad_tree(root, by, allow_drift, files)
+    patched = [f for f in files if f in by[State.PATCHED]]
+    if len(patched) == len(files):
+        return Outcome(f"already applied: {len(patches)} patches, {len(files)} file(s) patched in {root}", [])
+    if patched:
+        raise PatchConflict(f"the series is partly applied in {root} ({', '.join(patched)} patched, others not)",
+                            hint=f"run 'cosyext revert --upstream {root}' and then apply again")
+    staged = stage_series(root, patches, files)
+    stale = [f for f, data in staged.items() if f not in lock.patched or not lock.patched[f].matches(data)]
+    if stale:
+        raise LockError(f"patched result of {', '.join(stale)} does not match vendor.lock",
+                        hint="regenerate the lock with 'cosyext lock' after changing patches")
+    if check:
+        return Outcome(f"check passed: {len(patches)} patches apply cleanly to {len(files)} file(s) in {root}", [])
+    write_atomically(root, staged)
+    return Outcome(f"applied {len(patches)} patches to {len(files)} file(s) in {root}", sorted(staged))
+
+
+def revert_series(root: Path, lock: Lock, patches: list[Patch]) -> Outcome:
+    """Restore pristine upstream for every patched file; refuse if any touched file was edited."""
+    check_lock_matches_series(lock, patches)
+    files = touched_files(patches)
+    by, touched_drift = _partition(classify(root, lock), files)
+    _refuse_bad_tree(root, by, allow_drift=True, files=files)
+    patched = [f for f in files if f in by[State.PATCHED]]
+    if not patched:
+        return Outcome(f"nothing to revert: {root} is pristine upstream", [])
+    if len(patched) != len(files):
+        raise PatchConflict(f"only part of the series is applied in {root}: {', '.join(patched)}",
+                            hint=f"restore those files with 'git -C {root} checkout -- <file>' or re-vendor")
+    staged = stage_series(root, patches, files, reverse=True)
+    bad = [f for f, data in staged.items() if not lock.files[f].matches(data)]
+    if bad:
+        raise VerificationError(f"reverting did not give pristine upstream for {', '.join(bad)}; nothing was written",
+                                hint="re-vendor with 'cosyext vendor DIR'")
+    write_atomically(root, staged)
+    return Outcome(f"reverted {len(patches)} patches: {len(files)} file(s) restored to pristine upstream", sorted(staged))
