@@ -1,0 +1,1 @@
+"""Built-in plugin: the standard lint rule set. (Being written.)"""
