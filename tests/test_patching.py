@@ -1,0 +1,144 @@
+"""apply-patches / status / revert on the real upstream tree: atomic, idempotent, never losing edits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from cosyvoice_ext import patching, pin
+from cosyvoice_ext.cli import main
+from cosyvoice_ext.errors import LockError, PatchConflict, VerificationError
+from cosyvoice_ext.patching import Patch
+from tests.helpers import run_cosyext, tree_digest
+
+TRAIN_UTILS = "cosyvoice/utils/train_utils.py"
+TRAIN_PY = "cosyvoice/bin/train.py"
+UPSTREAM_TRAIN_PY_BLOB = "3e4016f5688507935ff5bd2a60dcd2a6a5295410"  # git blob id at the pinned commit
+
+
+def test_apply_patches_then_train_py_is_byte_identical_upstream(pristine_copy, lock, capsys):
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "applied 7 patches" in out
+    data = (pristine_copy / TRAIN_UTILS).read_bytes()
+    assert lock.patched[TRAIN_UTILS].matches(data)
+    assert pin.git_blob_id(data) == lock.patched[TRAIN_UTILS].blob
+    assert pin.git_blob_id((pristine_copy / TRAIN_PY).read_bytes()) == UPSTREAM_TRAIN_PY_BLOB
+    assert b"cosyext_relay" in data and b"group_join.options._timeout" not in data
+
+
+def test_second_apply_says_already_applied_and_changes_nothing(pristine_copy, capsys):
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
+    before = tree_digest(pristine_copy)
+    capsys.readouterr()
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
+    assert "already applied" in capsys.readouterr().out
+    assert tree_digest(pristine_copy) == before
+
+
+def test_check_is_a_dry_run(pristine_copy, capsys):
+    before = tree_digest(pristine_copy)
+    assert main(["apply-patches", "--upstream", str(pristine_copy), "--check"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    assert tree_digest(pristine_copy) == before
+
+
+def _with_extra_patch(lock, tmp_path, text: str):
+    """The real series plus one more patch, and a lock that knows about it."""
+    extra = tmp_path / "0099-broken.patch"
+    extra.write_text(text)
+    patches = patching.read_series() + [Patch(extra.name, extra)]
+    new_lock = dataclasses.replace(lock, patches=lock.patches + [{"name": extra.name, "sha256": pin.sha256(extra.read_bytes())}])
+    return new_lock, patches
+
+
+BROKEN = """Description: a patch whose context no longer matches upstream
+---
+--- a/cosyvoice/utils/train_utils.py
++++ b/cosyvoice/utils/train_utils.py
+@@ -1,3 +1,3 @@
+-this line is not in upstream
++neither is this one
+ nor this
+"""
+
+
+def test_failing_patch_leaves_tree_byte_identical(pristine_copy, lock, tmp_path):
+    new_lock, patches = _with_extra_patch(lock, tmp_path, BROKEN)
+    before = tree_digest(pristine_copy)
+    with pytest.raises(PatchConflict) as exc:
+        patching.apply_series(pristine_copy, new_lock, patches)
+    assert "0099-broken.patch" in str(exc.value) and "nothing was written" in str(exc.value)
+    assert tree_digest(pristine_copy) == before
+
+
+def test_edited_patched_file_is_named_and_kept(pristine_copy, capsys):
+    target = pristine_copy / TRAIN_UTILS
+    edited = target.read_bytes() + b"\n# my local tweak\n"
+    target.write_bytes(edited)
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 1
+    err = capsys.readouterr().err
+    assert TRAIN_UTILS in err and "nothing was changed" in err and "next:" in err
+    assert target.read_bytes() == edited
+    assert main(["revert", "--upstream", str(pristine_copy)]) == 1  # refuses too
+    assert target.read_bytes() == edited
+
+
+def test_drift_elsewhere_blocks_unless_allowed(pristine_copy, lock, capsys):
+    other = pristine_copy / "cosyvoice/llm/llm.py"
+    other.write_bytes(other.read_bytes() + b"# edit\n")
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 1
+    assert "cosyvoice/llm/llm.py" in capsys.readouterr().err
+    assert lock.files[TRAIN_UTILS].matches((pristine_copy / TRAIN_UTILS).read_bytes())
+    assert main(["apply-patches", "--upstream", str(pristine_copy), "--allow-drift"]) == 0
+    assert lock.patched[TRAIN_UTILS].matches((pristine_copy / TRAIN_UTILS).read_bytes())
+
+
+def test_revert_restores_pristine(pristine_copy, pristine_tree, capsys):
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
+    assert main(["revert", "--upstream", str(pristine_copy)]) == 0
+    assert tree_digest(pristine_copy) == tree_digest(pristine_tree)
+    capsys.readouterr()
+    assert main(["revert", "--upstream", str(pristine_copy)]) == 0
+    assert "nothing to revert" in capsys.readouterr().out
+
+
+def test_status_reports_each_state(pristine_copy, capsys):
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
+    (pristine_copy / "cosyvoice/flow/flow.py").write_text("# replaced\n")
+    (pristine_copy / "cosyvoice/llm/llm.py").unlink()
+    capsys.readouterr()
+    assert main(["status", "--upstream", str(pristine_copy), "--format", "json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["files"][TRAIN_UTILS] == "patched"
+    assert doc["files"]["cosyvoice/flow/flow.py"] == "drifted"
+    assert doc["files"]["cosyvoice/llm/llm.py"] == "missing"
+    assert doc["counts"] == {"pristine": len(doc["files"]) - 4, "patched": 2, "drifted": 1, "missing": 1}
+
+
+def test_missing_files_refused(pristine_copy, lock):
+    (pristine_copy / "cosyvoice/llm/llm.py").unlink()
+    with pytest.raises(VerificationError, match="cosyvoice/llm/llm.py"):
+        patching.apply_series(pristine_copy, lock, patching.read_series())
+
+
+def test_changed_patch_file_is_refused(pristine_copy, lock, tmp_path):
+    patches = patching.read_series()
+    changed = tmp_path / patches[1].name
+    changed.write_text(patches[1].text.replace("always shown", "always shown!"))
+    patches[1] = Patch(changed.name, changed)
+    with pytest.raises(LockError, match=patches[1].name):
+        patching.apply_series(pristine_copy, lock, patches)
+
+
+def test_cli_errors_exit_2_with_next_step(tmp_path):
+    res = run_cosyext("apply-patches", "--upstream", str(tmp_path / "nope"))
+    assert res.returncode == 2
+    assert "does not exist" in res.stderr and "next: cosyext vendor" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_cosyext("-v", "apply-patches", "--upstream", str(tmp_path / "nope"))
+    assert res.returncode != 0 and "Traceback" in res.stderr
+    res = run_cosyext("apply-patches", "--bogus")
+    assert res.returncode == 2 and "--help" in res.stderr
