@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "plugins_cmd",
     "lint_cmd",
     "export_cmd",
+    "prepare_cmd",
+    "plot_cmd",
     "demo",
 )
 
