@@ -117,3 +117,25 @@ def test_patched_upstream_trains_without_cosyvoice_ext(ws, upstream_tree, tmp_pa
     assert res.returncode == 0, res.log[-4000:]
     assert LOSS_LINE.search(res.log)
     assert (tmp_path / "exp/epoch_1_whole.pt").stat().st_size > 0
+
+
+DS_CONFIG = """{
+  "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "steps_per_print": 1,
+  "gradient_clipping": 5, "fp16": {"enabled": false}, "bf16": {"enabled": false},
+  "zero_optimization": {"stage": 0},
+  "optimizer": {"type": "AdamW", "params": {"lr": 0.001, "torch_adam": true}}
+}"""
+
+
+def test_deepspeed_engine_on_cpu(ws, upstream_tree, tmp_path):
+    """The DeepSpeed path of the stock train.py also runs on CPU (patch 0008 fixes its logging)."""
+    from cosyvoice_ext.tiny.config import write_tiny_config
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(DS_CONFIG)
+    config = write_tiny_config(tmp_path / "conf.yaml", ws.qwen_dir, scheduler="warmuplr")
+    res = train(dataclasses.replace(ws, config=config), upstream_tree, "llm", tmp_path / "exp",
+                checkpoint=ws.llm_ckpt, extra_args=["--train_engine", "deepspeed", "--deepspeed_config", str(ds)])
+    assert res.returncode == 0, res.log[-4000:]
+    assert {int(m.group(1)) for m in LOSS_LINE.finditer(res.log)} == {0, 1}
+    assert (tmp_path / "exp/epoch_1_whole/mp_rank_00_model_states.pt").stat().st_size > 0
