@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import VerificationError
 from .lockfile import FileHash, Lock
-from .patching import Patch, stage_series, touched_files
+from .patching import Patch, read_files, stage_series, touched_files
 from .sources import verify_locked_files
 
 
@@ -23,7 +23,7 @@ def regenerate(base: Lock, pristine_root: Path, patches: list[Patch], files: dic
     if missing:
         raise VerificationError(f"patches touch files that are not locked: {', '.join(missing)}",
                                 hint="add them to the pin table and run 'cosyext lock --pin-table TSV'")
-    staged = stage_series(pristine_root, patches, names)
+    staged = stage_series(read_files(pristine_root, names), patches, pristine_root)
     lock.patches = [{"name": p.name, "sha256": p.sha256} for p in patches]
     lock.patched = {f: FileHash.of(data) for f, data in staged.items()}
     return lock

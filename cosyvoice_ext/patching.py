@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from . import pin
+from . import applied, pin
+from .applied import Record
 from .errors import LockError, PatchConflict, VerificationError
 from .lockfile import Lock
 from .tree import FileState, State, classify
@@ -80,20 +81,21 @@ def check_lock_matches_series(lock: Lock, patches: list[Patch]) -> None:
         )
 
 
-def stage_series(root: Path, patches: list[Patch], files: list[str], reverse: bool = False) -> dict[str, bytes]:
-    """Apply (or reverse) `patches` to copies of `files` from `root`; return the new contents.
+def stage_series(contents: dict[str, bytes], patches: list[Patch], where: Path, reverse: bool = False) -> dict[str, bytes]:
+    """Apply (or reverse) `patches` to copies of `contents`; return the new contents.
 
-    Raises PatchConflict naming the first patch that does not apply; `root` is never written.
+    Raises PatchConflict naming the first patch that does not apply; nothing under `where` (the
+    tree the contents came from, named in messages) is ever written.
     """
     import git
 
     with tempfile.TemporaryDirectory(prefix="cosyext-stage-") as tmp:
         stage = Path(tmp)
         git.Repo.init(stage)  # so `git apply` never resolves paths against an enclosing repository
-        for rel in files:
+        for rel, data in contents.items():
             dst = stage / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / rel, dst)
+            dst.write_bytes(data)
         g = git.Git(stage)
         for patch in (reversed(patches) if reverse else patches):
             args = ["--whitespace=nowarn"] + (["--reverse"] if reverse else []) + [str(patch.path.resolve())]
@@ -102,11 +104,15 @@ def stage_series(root: Path, patches: list[Patch], files: list[str], reverse: bo
             except git.GitCommandError as exc:
                 what = "reverse-apply" if reverse else "apply"
                 raise PatchConflict(
-                    f"patch {patch.name} does not {what} to {root}: {exc.stderr.strip()}\n"
+                    f"patch {patch.name} does not {what} to {where}: {exc.stderr.strip()}\n"
                     "  upstream changed since the patch was made, or a patched file was edited; nothing was written",
-                    hint=f"run 'cosyext status --upstream {root}' to see which file differs",
+                    hint=f"run 'cosyext status --upstream {where}' to see which file differs",
                 ) from None
-        return {rel: (stage / rel).read_bytes() for rel in files}
+        return {rel: (stage / rel).read_bytes() for rel in contents}
+
+
+def read_files(root: Path, files) -> dict[str, bytes]:
+    return {rel: (root / rel).read_bytes() for rel in files}
 
 
 def write_atomically(root: Path, contents: dict[str, bytes]) -> None:
@@ -125,12 +131,11 @@ class Outcome:
     changed: list[str]
 
 
-def _partition(states: list[FileState], files: list[str]) -> tuple[dict[State, list[str]], list[str]]:
+def _partition(states: list[FileState]) -> dict[State, list[str]]:
     by: dict[State, list[str]] = {s: [] for s in State}
     for st in states:
         by[st.state].append(st.path)
-    touched_drift = [f for f in by[State.DRIFTED] if f in files]
-    return by, touched_drift
+    return by
 
 
 def _refuse_bad_tree(root: Path, by: dict[State, list[str]], allow_drift: bool, files: list[str]) -> None:
@@ -151,50 +156,83 @@ def _refuse_bad_tree(root: Path, by: dict[State, list[str]], allow_drift: bool, 
         )
 
 
+def _unapply_older(root: Path, lock: Lock, record: Record | None, by: dict[State, list[str]]) -> dict[str, bytes]:
+    """Pristine contents of the files an older series patched (reversed from the record's copies)."""
+    older = by[State.PATCHED_OLDER]
+    if not older:
+        return {}
+    assert record is not None
+    files = sorted(record.patched)
+    pristine = stage_series(read_files(root, files), [Patch(n, p) for n, p in zip(record.names, record.paths)],
+                            root, reverse=True)
+    bad = [f for f, data in pristine.items() if not lock.files[f].matches(data)]
+    if bad:
+        raise PatchConflict(f"undoing the older patch series did not give pristine upstream for {', '.join(bad)}",
+                            hint=f"re-vendor a clean tree with 'cosyext vendor DIR' (nothing was written to {root})")
+    return pristine
+
+
 def apply_series(root: Path, lock: Lock, patches: list[Patch], check: bool = False,
                  allow_drift: bool = False) -> Outcome:
-    """Verify the tree, then apply the whole series or nothing."""
+    """Verify the tree, then apply the whole series or nothing (upgrading an older series in place)."""
     check_lock_matches_series(lock, patches)
     files = touched_files(patches)
     unknown = [f for f in files if f not in lock.files]
     if unknown:
         raise LockError(f"patches touch files vendor.lock does not pin: {', '.join(unknown)}",
                         hint="regenerate the lock with 'cosyext lock'")
-    by, _ = _partition(classify(root, lock), files)
+    record = applied.read(root)
+    by = _partition(classify(root, lock, record))
     _refuse_bad_tree(root, by, allow_drift, files)
     patched = [f for f in files if f in by[State.PATCHED]]
-    if len(patched) == len(files):
+    if len(patched) == len(files) and not by[State.PATCHED_OLDER]:
         return Outcome(f"already applied: {len(patches)} patches, {len(files)} file(s) patched in {root}", [])
-    if patched:
+    if patched and not by[State.PATCHED_OLDER]:
         raise PatchConflict(f"the series is partly applied in {root} ({', '.join(patched)} patched, others not)",
                             hint=f"run 'cosyext revert --upstream {root}' and then apply again")
-    staged = stage_series(root, patches, files)
+    base = read_files(root, files)
+    reverted = _unapply_older(root, lock, record, by)
+    base.update({f: d for f, d in reverted.items() if f in base})
+    staged = stage_series(base, patches, root)
     stale = [f for f, data in staged.items() if f not in lock.patched or not lock.patched[f].matches(data)]
     if stale:
         raise LockError(f"patched result of {', '.join(stale)} does not match vendor.lock",
                         hint="regenerate the lock with 'cosyext lock' after changing patches")
+    upgrade = f" (replacing an older series of {len(record.names)} patches)" if reverted else ""
     if check:
-        return Outcome(f"check passed: {len(patches)} patches apply cleanly to {len(files)} file(s) in {root}", [])
-    write_atomically(root, staged)
-    return Outcome(f"applied {len(patches)} patches to {len(files)} file(s) in {root}", sorted(staged))
+        return Outcome(f"check passed: {len(patches)} patches apply cleanly to {len(files)} file(s) in {root}{upgrade}", [])
+    writes = {**{f: d for f, d in reverted.items() if f not in staged}, **staged}
+    write_atomically(root, writes)
+    applied.write(root, patches, staged, lock.upstream_commit)
+    return Outcome(f"applied {len(patches)} patches to {len(files)} file(s) in {root}{upgrade}", sorted(writes))
 
 
 def revert_series(root: Path, lock: Lock, patches: list[Patch]) -> Outcome:
     """Restore pristine upstream for every patched file; refuse if any touched file was edited."""
     check_lock_matches_series(lock, patches)
     files = touched_files(patches)
-    by, touched_drift = _partition(classify(root, lock), files)
-    _refuse_bad_tree(root, by, allow_drift=True, files=files)
+    record = applied.read(root)
+    by = _partition(classify(root, lock, record))
+    older_files = sorted(record.patched) if record and by[State.PATCHED_OLDER] else []
+    _refuse_bad_tree(root, by, allow_drift=True, files=sorted(set(files) | set(older_files)))
+    if older_files:
+        restored = _unapply_older(root, lock, record, by)
+        write_atomically(root, restored)
+        applied.remove(root)
+        return Outcome(f"reverted an older series of {len(record.names)} patches: "
+                       f"{len(restored)} file(s) restored to pristine upstream", sorted(restored))
     patched = [f for f in files if f in by[State.PATCHED]]
     if not patched:
+        applied.remove(root)
         return Outcome(f"nothing to revert: {root} is pristine upstream", [])
     if len(patched) != len(files):
         raise PatchConflict(f"only part of the series is applied in {root}: {', '.join(patched)}",
                             hint=f"restore those files with 'git -C {root} checkout -- <file>' or re-vendor")
-    staged = stage_series(root, patches, files, reverse=True)
+    staged = stage_series(read_files(root, files), patches, root, reverse=True)
     bad = [f for f, data in staged.items() if not lock.files[f].matches(data)]
     if bad:
         raise VerificationError(f"reverting did not give pristine upstream for {', '.join(bad)}; nothing was written",
                                 hint="re-vendor with 'cosyext vendor DIR'")
     write_atomically(root, staged)
+    applied.remove(root)
     return Outcome(f"reverted {len(patches)} patches: {len(files)} file(s) restored to pristine upstream", sorted(staged))

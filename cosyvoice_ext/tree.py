@@ -1,4 +1,5 @@
-"""Classify an upstream tree file by file against vendor.lock: pristine, patched, drifted, missing."""
+"""Classify an upstream tree file by file against vendor.lock: pristine, patched (by this or an
+older patch series), drifted, missing."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from . import pin
+from .applied import Record
 from .lockfile import Lock
 
 
 class State(str, Enum):
     PRISTINE = "pristine"
     PATCHED = "patched"
+    PATCHED_OLDER = "patched-older"
     DRIFTED = "drifted"
     MISSING = "missing"
 
@@ -22,8 +26,12 @@ class FileState:
     state: State
 
 
-def classify(root: Path, lock: Lock) -> list[FileState]:
-    """State of every locked file under `root` (content hashes, not timestamps or git)."""
+def classify(root: Path, lock: Lock, record: Record | None = None) -> list[FileState]:
+    """State of every locked file under `root` (content hashes, not timestamps or git).
+
+    `record` is what an earlier `apply-patches` left in the tree: files matching its results
+    but not the current lock were patched by an older series.
+    """
     out = []
     for rel, pristine in sorted(lock.files.items()):
         f = root / rel
@@ -36,6 +44,8 @@ def classify(root: Path, lock: Lock) -> list[FileState]:
             out.append(FileState(rel, State.PATCHED))
         elif pristine.matches(data):
             out.append(FileState(rel, State.PRISTINE))
+        elif record is not None and record.patched.get(rel) == pin.sha256(data):
+            out.append(FileState(rel, State.PATCHED_OLDER))
         else:
             out.append(FileState(rel, State.DRIFTED))
     return out

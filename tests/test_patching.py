@@ -21,7 +21,7 @@ UPSTREAM_TRAIN_PY_BLOB = "3e4016f5688507935ff5bd2a60dcd2a6a5295410"  # git blob 
 def test_apply_patches_then_train_py_is_byte_identical_upstream(pristine_copy, lock, capsys):
     assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
     out = capsys.readouterr().out
-    assert "applied 7 patches" in out
+    assert f"applied {len(patching.read_series())} patches" in out
     data = (pristine_copy / TRAIN_UTILS).read_bytes()
     assert lock.patched[TRAIN_UTILS].matches(data)
     assert pin.git_blob_id(data) == lock.patched[TRAIN_UTILS].blob
@@ -115,7 +115,7 @@ def test_status_reports_each_state(pristine_copy, capsys):
     assert doc["files"][TRAIN_UTILS] == "patched"
     assert doc["files"]["cosyvoice/flow/flow.py"] == "drifted"
     assert doc["files"]["cosyvoice/llm/llm.py"] == "missing"
-    assert doc["counts"] == {"pristine": len(doc["files"]) - 4, "patched": 2, "drifted": 1, "missing": 1}
+    assert doc["counts"] == {"pristine": len(doc["files"]) - 4, "patched": 2, "patched-older": 0, "drifted": 1, "missing": 1}
 
 
 def test_missing_files_refused(pristine_copy, lock):
@@ -142,3 +142,33 @@ def test_cli_errors_exit_2_with_next_step(tmp_path):
     assert res.returncode != 0 and "Traceback" in res.stderr
     res = run_cosyext("apply-patches", "--bogus")
     assert res.returncode == 2 and "--help" in res.stderr
+
+
+def _older_series(lock, pristine_tree):
+    """The current series minus its last patch, and the lock an older cosyvoice-ext shipped for it."""
+    from cosyvoice_ext import lockgen
+
+    older = patching.read_series()[:-1]
+    return older, lockgen.regenerate(lock, pristine_tree, older)
+
+
+def test_tree_patched_by_an_older_series_is_upgraded(pristine_copy, pristine_tree, lock, capsys):
+    older, older_lock = _older_series(lock, pristine_tree)
+    patching.apply_series(pristine_copy, older_lock, older)
+    assert main(["status", "--upstream", str(pristine_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "patched-older" in out and "upgrades it" in out
+    assert main(["apply-patches", "--upstream", str(pristine_copy)]) == 0
+    assert f"replacing an older series of {len(older)} patches" in capsys.readouterr().out
+    for f, h in lock.patched.items():
+        assert h.matches((pristine_copy / f).read_bytes())
+    assert main(["revert", "--upstream", str(pristine_copy)]) == 0
+    assert tree_digest(pristine_copy) == tree_digest(pristine_tree)
+
+
+def test_revert_of_an_older_series(pristine_copy, pristine_tree, lock):
+    older, older_lock = _older_series(lock, pristine_tree)
+    patching.apply_series(pristine_copy, older_lock, older)
+    out = patching.revert_series(pristine_copy, lock, patching.read_series())
+    assert "older series" in out.message
+    assert tree_digest(pristine_copy) == tree_digest(pristine_tree)

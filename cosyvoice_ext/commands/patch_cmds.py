@@ -63,10 +63,11 @@ def run_revert(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from .. import applied
     from ..tree import State, classify, describe_origin
 
     root, lock, patches = _load(args)
-    states = classify(root, lock)
+    states = classify(root, lock, applied.read(root))
     counts = {s.value: sum(1 for x in states if x.state is s) for s in State}
     if args.format == "json":
         print(json.dumps({"upstream": str(root), "origin": describe_origin(root, lock), "counts": counts,
@@ -80,6 +81,8 @@ def run_status(args: argparse.Namespace) -> int:
         if counts["drifted"] or counts["missing"]:
             print("drifted files were edited or come from another upstream commit: "
                   f"'git -C {root} diff' shows how; apply-patches refuses to touch the tree until they match")
+        elif counts["patched-older"]:
+            print(f"patched by an older cosyvoice-ext series; next: cosyext apply-patches --upstream {root} (upgrades it)")
         elif counts["patched"]:
             print(f"patch series applied ({len(patches)} patches)")
         else:
