@@ -27,6 +27,14 @@ def cosyext_register_lint_rules(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def cosyext_section_keys() -> list[str]:
+    """Top-level keys of the ``cosyext:`` config section this plugin owns.
+
+    Core reports any other key as unknown (with the closest match), so a typo never goes unnoticed.
+    """
+
+
 # --- training: called from the hook points our patch series adds to upstream train_utils --------
 
 @hookspec
@@ -58,5 +66,10 @@ def cosyext_checkpoint_state(model: Any, info_dict: dict) -> dict | None:
 
 
 @hookspec
-def cosyext_after_epoch(info_dict: dict) -> None:
-    """After each epoch's CV and checkpoint (``save_model`` of an ``epoch_*`` checkpoint)."""
+def cosyext_after_save(model_name: str, info_dict: dict) -> None:
+    """After every checkpoint ``save_model`` wrote, on all ranks, after the ranks' barrier.
+
+    ``model_name`` is upstream's (``init``, ``epoch_3_whole``, ``epoch_3_step_500``); for all but
+    ``init``, ``info_dict['loss_dict']`` holds the CV losses that checkpoint was evaluated with.
+    A plugin may end training here (all ranks must agree; exit with status 0).
+    """

@@ -1,0 +1,85 @@
+"""Early-stopping state and the `best.yaml` pointer (the plugin in hooks/early_stop.py drives it)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+KEY = "early_stop"
+BEST_FILE = "best.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    patience: int
+    min_delta: float = 0.0
+    metric: str = "loss"
+
+
+def parse_settings(configs: Mapping[str, Any]) -> Settings | None:
+    """The validated `cosyext.early_stop` section, or None when absent."""
+    section = (configs.get("cosyext") or {}) if isinstance(configs, Mapping) else {}
+    raw = section.get(KEY) if isinstance(section, Mapping) else None
+    if raw is None:
+        return None
+    where = f"cosyext.{KEY}"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping like {{patience: 5, min_delta: 0.001}}")
+    unknown = set(raw) - {"patience", "min_delta", "metric"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key; valid keys: patience, min_delta, metric")
+    patience = raw.get("patience")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ConfigError(f"{where}.patience: must be an integer >= 1, got {patience!r}")
+    min_delta = raw.get("min_delta", 0.0)
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
+        raise ConfigError(f"{where}.min_delta: must be a number >= 0, got {min_delta!r}")
+    metric = raw.get("metric", "loss")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{where}.metric: must be the name of a CV loss, e.g. loss")
+    return Settings(patience, float(min_delta), metric)
+
+
+class EarlyStopper:
+    """Tracks the best CV value and evaluations since it; NaN never counts as an improvement."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.best: dict | None = None
+        self.since_best = 0
+
+    def update(self, value: float, checkpoint: str, epoch: int, step: int) -> tuple[bool, bool]:
+        """Record one evaluation; return (improved, should_stop)."""
+        improved = not math.isnan(value) and (self.best is None or value < self.best["value"] - self.settings.min_delta)
+        if improved:
+            self.best = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "step": step,
+                         "metric": self.settings.metric, "value": value}
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        return improved, self.since_best >= self.settings.patience
+
+
+def write_best(model_dir: str | os.PathLike, best: dict) -> Path:
+    """Atomically point `<model_dir>/best.yaml` at the best checkpoint."""
+    path = Path(model_dir) / BEST_FILE
+    tmp = path.with_name(f".{BEST_FILE}.tmp")
+    tmp.write_text(yaml.safe_dump(best, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_best(run_dir: str | os.PathLike) -> dict | None:
+    """The best pointer of a run directory, or None if training did not write one."""
+    path = Path(run_dir) / BEST_FILE
+    if not path.is_file():
+        return None
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return doc if isinstance(doc, dict) and "checkpoint" in doc else None
