@@ -99,3 +99,10 @@ def test_git_mirror_missing_the_pinned_commit_says_so(pristine_tree, lock, tmp_p
     assert res.returncode == 2
     assert lock.upstream_commit in res.stderr and "next:" in res.stderr
     assert not (tmp_path / "dest").exists()
+
+
+def test_unreachable_git_url_fails_cleanly(tmp_path):
+    res = run_cosyext("vendor", str(tmp_path / "dest"), "--source", "https://host.invalid/CosyVoice.git")
+    assert res.returncode == 2
+    assert "could not clone" in res.stderr and "--source pypi" in res.stderr and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
