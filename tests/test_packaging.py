@@ -1,0 +1,40 @@
+"""The wheel a user installs carries every module, the built-in plugins, the patches and the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True, capture_output=True)
+    return zipfile.ZipFile(next(out.glob("cosyvoice_ext-*.whl")))
+
+
+def test_wheel_has_every_module_and_data_file(wheel):
+    names = set(wheel.namelist())
+    expected = {f"cosyvoice_ext/{p.relative_to(ROOT / 'cosyvoice_ext')}" for p in (ROOT / "cosyvoice_ext").rglob("*.py")
+                if "__pycache__" not in p.parts}
+    expected |= {f"cosyvoice_ext/hooks/{p.name}" for p in (ROOT / "hooks").glob("*.py")}
+    expected |= {f"cosyvoice_ext/patches/{p.name}" for p in (ROOT / "patches").iterdir()
+                 if p.suffix == ".patch" or p.name in ("series", "vendor.lock")}
+    assert expected - names == set(), "pyproject.toml [tool.setuptools] packages misses these"
+    lock = wheel.read("cosyvoice_ext/patches/vendor.lock")
+    assert lock == (ROOT / "vendor.lock").read_bytes()
+
+
+def test_wheel_declares_plugins_and_console_script(wheel):
+    meta = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
+    text = wheel.read(meta).decode()
+    assert "cosyext = cosyvoice_ext.cli:main" in text
+    for plugin in ("lora", "early_stop", "lint_rules"):
+        assert f"{plugin} = cosyvoice_ext.hooks." in text
