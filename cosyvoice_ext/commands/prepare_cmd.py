@@ -1,0 +1,93 @@
+"""`cosyext prepare`: recordings + transcripts -> upstream parquet shards and data.list (train and cv)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  cosyext prepare recordings/ data/ --pretrained pretrained_models/CosyVoice2-0.5B
+  cosyext prepare kaldi/train data/ --pretrained pretrained_models/CosyVoice2-0.5B --cv-ratio 0.1 --seed 3
+  cosyext prepare recordings/ data/ --pretrained pretrained_models/CosyVoice2-0.5B --resume   # after Ctrl-C
+  cosyext prepare recordings/ inspect/ --no-features     # zeros instead of features: lint/inspection only
+
+SRC is a folder of NAME.wav + NAME.txt (or NAME.lab) pairs, searched recursively (the speaker is the
+sub-folder name, or SRC's name for files at the top; --speaker overrides), or a Kaldi data dir with
+wav.scp, text and utt2spk (or spk2utt). DEST gets train/ and cv/, each with parquet/ shards,
+data.list, utt2data.list and spk2data.list, plus prepare_report.tsv (every skipped file and why).
+Train with: --train_data DEST/train/data.list --cv_data DEST/cv/data.list
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="recordings + transcripts -> upstream parquet shards with speaker embeddings and speech tokens",
+        description="Build upstream CosyVoice training data (parquet shards, data.list; train and cv) from raw "
+        "audio and transcripts, with campplus speaker embeddings and speech tokens from the pretrained "
+        "model's ONNX files. Resumable; unusable files are reported and skipped.\n\n" + EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", type=Path, help="folder of wav + txt/lab pairs, or a Kaldi data dir")
+    p.add_argument("dest", metavar="DEST", type=Path, help="output directory")
+    p.add_argument("--pretrained", metavar="DIR", type=Path,
+                   help="CosyVoice2 pretrained dir (campplus.onnx, speech_tokenizer_v2.onnx)")
+    p.add_argument("--no-features", action="store_true",
+                   help="without --pretrained: write zero embeddings and no tokens (not trainable)")
+    p.add_argument("--cv-ratio", type=float, default=0.05, metavar="R",
+                   help="share of utterances for cv (default 0.05)")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N",
+                   help="utterances per parquet shard (default 1000)")
+    p.add_argument("--min-sec", type=float, default=0.5, metavar="S", help="skip shorter recordings (default 0.5)")
+    p.add_argument("--max-sec", type=float, default=30.0, metavar="S",
+                   help="skip longer recordings (default 30: the speech tokenizer's limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/cv split (default 0)")
+    p.add_argument("--speaker", metavar="NAME", help="one speaker name for every utterance")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in DEST, reusing finished work")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..prepare import PrepareOptions, prepare
+
+    opts = PrepareOptions(src=args.src, dest=args.dest, pretrained=args.pretrained, no_features=args.no_features,
+                          cv_ratio=args.cv_ratio, shard_size=args.shard_size, min_sec=args.min_sec,
+                          max_sec=args.max_sec, seed=args.seed, resume=args.resume, speaker=args.speaker,
+                          progress=False if args.no_progress else None)
+    try:
+        res = prepare(opts)
+    except KeyboardInterrupt:
+        print(f"cosyext prepare: interrupted; finished work is kept. Continue with:\n  {resume_command(args)}",
+              file=sys.stderr)
+        return 130
+    for name, path in (("train", res.train_list), ("cv", res.cv_list)):
+        print(f"{name + ':':6} {res.utts[name]} utterances ({_duration(res.seconds[name])}) in "
+              f"{res.shards[name]} shard(s) -> {path}")
+    print(f"features: {res.features_computed} computed, {res.features_reused} reused; shards: "
+          f"{res.shards_written} written, {res.shards_reused} reused")
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} file(s); reasons in {res.report}")
+    return 0
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: same sources and options, plus --resume."""
+    import shlex
+
+    parts = ["cosyext", "prepare", str(args.src), str(args.dest)]
+    if args.pretrained:
+        parts += ["--pretrained", str(args.pretrained)]
+    if args.no_features:
+        parts.append("--no-features")
+    parts += ["--cv-ratio", f"{args.cv_ratio:g}", "--shard-size", str(args.shard_size), "--min-sec",
+              f"{args.min_sec:g}", "--max-sec", f"{args.max_sec:g}", "--seed", str(args.seed)]
+    if args.speaker:
+        parts += ["--speaker", args.speaker]
+    return shlex.join(parts + ["--resume"])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,14 @@
+"""`cosyext prepare`: raw recordings (a folder of wav + transcript pairs, or a Kaldi data dir) to the
+parquet shards and `data.list` files upstream CosyVoice's training reads.
+
+The stages are separate modules so each can be tested on its own: `sources` finds utterances,
+`audio` decodes and checks them, `features` runs the pretrained campplus / speech-tokenizer ONNX
+models, `state` remembers finished work for `--resume`, `shards` writes the upstream format, and
+`pipeline` ties them together. `standin` builds tiny ONNX models with the real ones' signatures.
+"""
+
+from __future__ import annotations
+
+from .pipeline import PrepareOptions, PrepareResult, prepare
+
+__all__ = ["PrepareOptions", "PrepareResult", "prepare"]

@@ -1,0 +1,258 @@
+"""The `cosyext prepare` pipeline: find -> check + features (cached per utterance) -> split -> shards.
+
+Features are computed before the split so the split only ever sees usable utterances, and the
+speaker embedding (mean of a speaker's utterance embeddings, train and cv together) is final
+before any shard holding that speaker is written. Same sources and options give the same bytes,
+whether or not the run was interrupted and resumed on the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CosyextError, UsageError
+from . import audio as audio_mod
+from .features import FeatureError, open_extractor
+from .shards import remove_stale, shard_paths, write_lists, write_shard
+from .sources import Problem, Utterance, discover
+from .state import STATE_DIR, PrepareState, file_key, write_atomic
+
+REPORT_NAME = "prepare_report.tsv"
+SUMMARY_NAME = "prepare_summary.json"
+SETS = ("train", "cv")
+
+
+class NoUsableData(CosyextError):
+    """Every input was skipped: there is nothing to train on."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
+class PrepareOptions:
+    src: Path
+    dest: Path
+    pretrained: Path | None = None
+    no_features: bool = False
+    cv_ratio: float = 0.05
+    shard_size: int = 1000
+    min_sec: float = 0.5
+    max_sec: float = 30.0
+    seed: int = 0
+    resume: bool = False
+    speaker: str | None = None
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    train_list: Path
+    cv_list: Path
+    report: Path
+    utts: dict[str, int]
+    shards: dict[str, int]
+    seconds: dict[str, float]
+    skipped: list[Problem]
+    features_computed: int = 0
+    features_reused: int = 0
+    shards_written: int = 0
+    shards_reused: int = 0
+    features: str = "onnx"
+
+
+def _check_options(o: PrepareOptions) -> None:
+    if not 0.0 <= o.cv_ratio < 1.0:
+        raise UsageError(f"--cv-ratio must be in [0, 1), got {o.cv_ratio}",
+                         hint="cosyext prepare SRC DEST --cv-ratio 0.05")
+    if o.shard_size < 1:
+        raise UsageError(f"--shard-size must be >= 1, got {o.shard_size}",
+                         hint="cosyext prepare SRC DEST --shard-size 1000")
+    if o.min_sec < 0 or o.max_sec <= o.min_sec:
+        raise UsageError(f"need 0 <= --min-sec < --max-sec, got {o.min_sec} and {o.max_sec}",
+                         hint="cosyext prepare SRC DEST --min-sec 0.5 --max-sec 30")
+
+
+def _say(msg: str) -> None:
+    """To stderr without tearing a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def split(utts: list[str], cv_ratio: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic by seed; both sets sorted by id; cv gets at least one utterance when it can."""
+    order = sorted(utts)
+    shuffled = order[:]
+    random.Random(seed).shuffle(shuffled)
+    n_cv = round(len(order) * cv_ratio)
+    if cv_ratio > 0 and len(order) >= 2:
+        n_cv = min(max(1, n_cv), len(order) - 1)
+    cv = set(shuffled[:n_cv])
+    return [u for u in order if u not in cv], [u for u in order if u in cv]
+
+
+def speaker_embeddings(records: dict[str, dict[str, Any]], spk_of: dict[str, str]) -> dict[str, list[float]]:
+    by_spk: dict[str, list[list[float]]] = defaultdict(list)
+    for utt in sorted(records):
+        by_spk[spk_of[utt]].append(records[utt]["utt_embedding"])
+    return {spk: [float(x) for x in np.mean(np.asarray(v, dtype=np.float64), axis=0).astype(np.float32)]
+            for spk, v in by_spk.items()}
+
+
+def _spec(name: str, rows: list[dict[str, Any]], keys: list[list[int]]) -> str:
+    """Digest of what a shard is planned to hold (audio by file size+mtime, the rest by value)."""
+    body = [[{k: v for k, v in r.items() if k != "audio_data"}, key] for r, key in zip(rows, keys)]
+    return hashlib.sha256(json.dumps([name, body], sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def prepare(o: PrepareOptions) -> PrepareResult:
+    from tqdm import tqdm
+
+    _check_options(o)
+    extractor = open_extractor(o.pretrained, o.no_features)
+    dest = Path(o.dest).expanduser().resolve()
+    if PrepareState.exists(dest) and not o.resume:
+        raise UsageError(f"{dest} holds an earlier 'cosyext prepare' run",
+                         hint=f"cosyext prepare {o.src} {o.dest} --resume  (same options as before; "
+                              "or pick an empty DEST)")
+    utts, problems = discover(Path(o.src), speaker=o.speaker)
+    for p in problems:
+        _say(f"skipped {p.path or p.utt}: {p.reason}")
+    dest.mkdir(parents=True, exist_ok=True)
+    state = PrepareState(dest)
+    state.load()
+    state.open()
+    try:
+        records, keys, stats = _features(utts, state, extractor, o, problems, tqdm)
+        result = _write(dest, utts, records, keys, state, o, problems, tqdm)
+    finally:
+        state.close()
+    result.features_computed, result.features_reused = stats
+    result.features = "none" if o.no_features and o.pretrained is None else "onnx"
+    return result
+
+
+def _features(utts: list[Utterance], state: PrepareState, extractor, o: PrepareOptions, problems: list[Problem],
+              tqdm) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]], tuple[int, int]]:
+    records: dict[str, dict[str, Any]] = {}
+    keys: dict[str, list[int]] = {}
+    computed = reused = 0
+    bar = tqdm(utts, desc="features", unit="utt", disable=_no_bar(o), file=sys.stderr)
+    for u in bar:
+        try:
+            key = file_key(u.wav)
+        except FileNotFoundError:
+            _problem(problems, u, "audio file not found")
+            continue
+        except OSError as exc:
+            _problem(problems, u, f"audio file cannot be read: {exc.strerror or exc}")
+            continue
+        rec = state.cached_features(u.utt, key, extractor.identity)
+        if rec is not None:
+            if not o.min_sec <= rec["seconds"] <= o.max_sec:
+                rec = None  # options changed since: re-check so the reason is reported properly
+            else:
+                reused += 1
+        if rec is None:
+            decoded, why = audio_mod.check(u.wav, min_sec=o.min_sec, max_sec=o.max_sec)
+            if why:
+                _problem(problems, u, why)
+                continue
+            try:
+                emb, tokens = extractor.extract(decoded)
+            except FeatureError as exc:
+                _problem(problems, u, str(exc))
+                continue
+            rec = state.add_features(u.utt, key, extractor.identity, round(decoded.seconds, 6), emb, tokens)
+            computed += 1
+        records[u.utt] = rec
+        keys[u.utt] = key
+    return records, keys, (computed, reused)
+
+
+def _problem(problems: list[Problem], u: Utterance, reason: str) -> None:
+    problems.append(Problem(u.utt, str(u.wav), reason))
+    _say(f"skipped {u.wav}: {reason}")
+
+
+def _no_bar(o: PrepareOptions) -> bool | None:
+    return None if o.progress is None else not o.progress
+
+
+def _write(dest: Path, utts: list[Utterance], records: dict[str, dict[str, Any]], keys: dict[str, list[int]],
+           state: PrepareState, o: PrepareOptions, problems: list[Problem], tqdm) -> PrepareResult:
+    report = dest / REPORT_NAME
+    by_id = {u.utt: u for u in utts}
+    if not records:
+        _write_report(report, problems)
+        raise NoUsableData(f"no usable utterances in {o.src} ({len(problems)} skipped, reasons in {report})",
+                           hint=f"fix the files listed in {report}, then: cosyext prepare {o.src} {o.dest} --resume")
+    spk_emb = speaker_embeddings(records, {u: by_id[u].spk for u in records})
+    sets = dict(zip(SETS, split(list(records), o.cv_ratio, o.seed)))
+    if not sets["cv"]:
+        _say("warning: the cv set is empty (too few utterances or --cv-ratio 0); upstream's CV pass needs data")
+    if o.no_features:
+        _say("warning: --no-features: utt_embedding/spk_embedding are zeros and speech_token is empty; "
+             "this data cannot train a model")
+    shards = {name: [ids[i:i + o.shard_size] for i in range(0, len(ids), o.shard_size)] for name, ids in sets.items()}
+    written = reused = 0
+    bar = tqdm(total=len(records), desc="shards", unit="utt", disable=_no_bar(o), file=sys.stderr)
+    for name, chunks in shards.items():
+        parquet_dir = dest / name / "parquet"
+        for index, chunk in enumerate(chunks):
+            rows = [_row(by_id[u], records[u], spk_emb[by_id[u].spk]) for u in chunk]
+            spec = _spec(name, rows, [keys[u] for u in chunk])
+            label = f"{name}/{index}"
+            paths = shard_paths(parquet_dir, index)
+            if state.shard_done(label, spec, paths[0]) and all(p.is_file() for p in paths[1:]):
+                reused += 1
+            else:
+                for r, u in zip(rows, chunk):
+                    r["audio_data"] = audio_mod.read_bytes(by_id[u].wav)
+                write_shard(rows, parquet_dir, index)
+                state.mark_shard(label, spec, paths[0])
+                written += 1
+            bar.update(len(chunk))
+        remove_stale(parquet_dir, len(chunks))
+        for label in state.shard_names():
+            set_name, _, idx = label.partition("/")
+            if set_name == name and int(idx) >= len(chunks):
+                state.forget_shard(label)
+        write_lists(dest / name, len(chunks))
+    bar.close()
+    _write_report(report, problems)
+    seconds = {name: round(sum(records[u]["seconds"] for u in ids), 3) for name, ids in sets.items()}
+    result = PrepareResult(train_list=dest / "train" / "data.list", cv_list=dest / "cv" / "data.list", report=report,
+                           utts={n: len(ids) for n, ids in sets.items()}, shards={n: len(c) for n, c in shards.items()},
+                           seconds=seconds, skipped=sorted(problems, key=lambda p: (p.path, p.utt)),
+                           shards_written=written, shards_reused=reused)
+    summary = {"utts": result.utts, "shards": result.shards, "seconds": seconds, "skipped": len(problems),
+               "speakers": sorted(spk_emb), "seed": o.seed, "cv_ratio": o.cv_ratio, "shard_size": o.shard_size,
+               "features": "none" if o.no_features else "onnx"}
+    write_atomic(dest / SUMMARY_NAME, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return result
+
+
+def _row(u: Utterance, rec: dict[str, Any], spk_embedding: list[float]) -> dict[str, Any]:
+    return {"utt": u.utt, "wav": str(u.wav), "audio_data": b"", "text": u.text, "spk": u.spk,
+            "utt_embedding": rec["utt_embedding"], "spk_embedding": spk_embedding,
+            "speech_token": rec["speech_token"]}
+
+
+def _write_report(path: Path, problems: list[Problem]) -> None:
+    lines = ["utt\tpath\treason\n"]
+    for p in sorted(problems, key=lambda p: (p.path, p.utt)):
+        lines.append(f"{p.utt}\t{p.path}\t{p.reason}\n")
+    write_atomic(path, "".join(lines).encode("utf-8"))
+
+
+__all__ = ["PrepareOptions", "PrepareResult", "prepare", "split", "speaker_embeddings", "STATE_DIR"]

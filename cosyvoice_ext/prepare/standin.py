@@ -1,0 +1,81 @@
+"""Tiny stand-ins for a pretrained dir's `campplus.onnx` and `speech_tokenizer_v2.onnx`: the same
+input/output names, dtypes and shapes as the real files, a few kB instead of hundreds of MB, so
+tests and the demo run `cosyext prepare --pretrained` offline. Their outputs depend on the audio
+(an L2-pooled fbank projection, since the input is mean-normalised; an argmax over pooled mel
+bins at 25 tokens/s) but mean nothing.
+
+Building them needs the `onnx` package; running them only needs onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .features import CAMPPLUS, EMBED_DIM, SPEECH_TOKENIZER
+
+OPSET = 17
+IR_VERSION = 8
+MEL_FRAMES_PER_TOKEN = 4  # whisper log-mel runs at 100 frames/s; CosyVoice2 tokens at 25/s
+
+
+def _save(graph, path: Path) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cosyext-standin")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_campplus(path: Path, seed: int = 0) -> Path:
+    """input [B, T, 80] float32 (mean-normalised fbank) -> output [B, 192] float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(0.0, 0.1, size=(80, EMBED_DIM)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceL2", ["input"], ["energy"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["energy", "w"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "campplus_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["B", "T", 80])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", EMBED_DIM])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    return _save(graph, Path(path))
+
+
+def make_speech_tokenizer(path: Path) -> Path:
+    """feats [1, 128, T] float32 + feats_length [1] int32 -> indices [1, T // 4] int64 (tokens 0..127)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("AveragePool", ["feats"], ["pooled"], kernel_shape=[MEL_FRAMES_PER_TOKEN],
+                         strides=[MEL_FRAMES_PER_TOKEN]),
+        helper.make_node("ArgMax", ["pooled"], ["argmax"], axis=1, keepdims=0),
+        # feats_length is read (as the real model masks with it) but a full-length batch of one needs no mask
+        helper.make_node("Cast", ["feats_length"], ["length64"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["length64", "zero"], ["no_offset"]),
+        helper.make_node("Add", ["argmax", "no_offset"], ["indices"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "speech_tokenizer_standin",
+        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, "T"]),
+         helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, [1, "T_token"])],
+        initializer=[helper.make_tensor("zero", TensorProto.INT64, [1], [0])],
+    )
+    return _save(graph, Path(path))
+
+
+def make_pretrained_standin(dest: Path, seed: int = 0) -> Path:
+    """A directory with both stand-in models, usable as `cosyext prepare --pretrained DIR`."""
+    dest = Path(dest)
+    make_campplus(dest / CAMPPLUS, seed=seed)
+    make_speech_tokenizer(dest / SPEECH_TOKENIZER)
+    return dest
