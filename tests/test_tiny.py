@@ -264,3 +264,17 @@ def test_train_command_and_env(tmp_path):
     env = train_env(up)
     assert env["PYTHONPATH"].split(":")[:2] == [str(up.resolve()), str(up.resolve() / "third_party/Matcha-TTS")]
     assert env["HF_HUB_OFFLINE"] == "1" and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_recordings_folder_is_wav_and_txt_pairs(tmp_path):
+    import wave
+
+    from cosyvoice_ext.tiny.data import write_recordings
+
+    root = write_recordings(tmp_path / "rec", 3, seed=1)
+    wavs = sorted((root / "voice").glob("*.wav"))
+    assert len(wavs) == 3
+    for w in wavs:
+        assert w.with_suffix(".txt").read_text().strip()
+        with wave.open(str(w)) as f:
+            assert f.getframerate() == 24000 and f.getnchannels() == 1 and f.getnframes() >= 24000

@@ -191,3 +191,16 @@ def write_train_cv(dest: Path, n_train: int, n_cv: int, **kw) -> tuple[Path, Pat
     cv_kw = {k: v for k, v in kw.items() if k not in ("shard_sizes", "shards")}
     cv = write_parquet_dataset(dest / "cv", n_cv, seed=seed + 7919, utt_prefix="cv", **cv_kw)
     return train, cv
+
+
+def write_recordings(dest: Path, n_utts: int, *, seed: int = 0, min_sec: float = 1.0, max_sec: float = 3.0,
+                     sample_rate: int = 24000, speaker: str = "voice") -> Path:
+    """A folder of NAME.wav + NAME.txt pairs, as a user's recordings look before `cosyext prepare`."""
+    dest = Path(dest).resolve() / speaker
+    dest.mkdir(parents=True, exist_ok=True)
+    for row in _rows(n_utts, seed=seed, min_sec=min_sec, max_sec=max_sec, sample_rate=sample_rate, speakers=1,
+                     text_fn=None, utt_prefix="rec"):
+        stem = row["utt"].replace("rec_spk00_", "clip_")
+        (dest / f"{stem}.wav").write_bytes(row["audio_data"])
+        (dest / f"{stem}.txt").write_text(row["text"] + "\n", encoding="utf-8")
+    return dest.parent
