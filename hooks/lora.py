@@ -1,1 +1,64 @@
-"""Built-in plugin: LoRA adapters (peft) for the LLM and the flow. (Being written.)"""
+"""Built-in plugin: LoRA adapters (peft) for CosyVoice2's LLM and flow, configured by ``cosyext:``.
+
+Without a ``cosyext.<model>`` section for the model being trained every hook returns None, which
+leaves upstream's behaviour untouched. The work is in :mod:`cosyvoice_ext.lora.training`; torch and
+peft are imported only when a training hook runs, so ``cosyext plugins`` and lint stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from cosyvoice_ext.errors import CosyextError
+from cosyvoice_ext.hookspecs import hookimpl
+
+log = logging.getLogger("cosyvoice_ext.lora")
+
+
+@contextmanager
+def _stop_training_clearly() -> Iterator[None]:
+    """train.py shows a long traceback; say what is wrong and what to do in one log line first."""
+    try:
+        yield
+    except CosyextError as exc:
+        log.error("cosyext lora: %s%s", exc, f" (next: {exc.hint})" if exc.hint else "")
+        raise
+
+
+@hookimpl
+def cosyext_section_keys() -> list[str]:
+    from cosyvoice_ext.lora.config import MODELS
+
+    return list(MODELS)
+
+
+@hookimpl
+def cosyext_configure(configs: dict, args: Any) -> None:
+    from cosyvoice_ext.lora import training
+
+    with _stop_training_clearly():  # validates every model's section, not only the trained one's
+        training.configure(configs, args)
+
+
+@hookimpl
+def cosyext_prepare_model(model: Any, name: str, configs: dict, args: Any) -> None:
+    from cosyvoice_ext.lora import training
+
+    with _stop_training_clearly():
+        training.prepare(model, name, configs, args)
+
+
+@hookimpl
+def cosyext_optimizer_params(model: Any, configs: dict, args: Any) -> list | None:
+    from cosyvoice_ext.lora import training
+
+    return training.optimizer_params(model)
+
+
+@hookimpl
+def cosyext_checkpoint_state(model: Any, info_dict: dict) -> dict | None:
+    from cosyvoice_ext.lora import training
+
+    return training.checkpoint_state(model, info_dict)

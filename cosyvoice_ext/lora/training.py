@@ -1,0 +1,167 @@
+"""What the LoRA plugin does at each training hook point; callable directly from tests.
+
+One :class:`LoraRun` per prepared model, remembered by model object, so the save hook (which only
+gets the model) knows the settings and the base checkpoint's digest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import nn
+
+from .. import checkpoints
+from ..errors import CheckpointError
+from . import adapter
+from .base import load_base
+from .config import SECTION, LoraSettings, parse_section
+from .inject import has_lora, inject, load_exact, lora_state, module_tensors
+from .merge import merged_state_dict
+from .targets import resolve_modules_to_save, resolve_targets
+
+log = logging.getLogger("cosyvoice_ext.lora")
+
+
+@dataclass
+class LoraRun:
+    settings: LoraSettings
+    targets: list[str]
+    modules_to_save: list[str]
+    base_path: str | None
+    base_sha256: str | None
+    resumed_from: str | None = None
+
+
+_runs: "weakref.WeakKeyDictionary[nn.Module, LoraRun]" = weakref.WeakKeyDictionary()
+
+
+def unwrap(model: Any) -> Any:
+    """The bare model behind a DDP (``.module``) wrapper."""
+    return getattr(model, "module", model)
+
+
+def run_of(model: Any) -> LoraRun | None:
+    try:
+        return _runs.get(unwrap(model))
+    except TypeError:
+        return None
+
+
+def settings_for(configs: Mapping[str, Any], name: str) -> LoraSettings | None:
+    return parse_section(configs).get(name)
+
+
+def configure(configs: Mapping[str, Any], args: Any) -> LoraSettings | None:
+    """Validate the whole ``cosyext:`` section, and the trained model's targets against the built model."""
+    all_settings = parse_section(configs)
+    name = getattr(args, "model", None)
+    settings = all_settings.get(name)
+    if settings is None:
+        return None
+    model = configs.get(name)
+    if isinstance(model, nn.Module):
+        targets = resolve_targets(model, settings)
+        resolve_modules_to_save(model, settings, targets)
+        log.info("cosyext lora: %s: r=%d alpha=%g dropout=%g on %d modules, checkpoint format %s",
+                 name, settings.r, settings.alpha, settings.dropout, len(targets), settings.checkpoint_format)
+    return settings
+
+
+def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) -> LoraRun | None:
+    """Load/check the base, inject LoRA, restore adapter weights on resume, freeze the base."""
+    settings = settings_for(configs, name)
+    if settings is None:
+        return None
+    if has_lora(model):  # e.g. the DPO reference model, deep-copied from the already injected one
+        log.info("cosyext lora: %s already carries LoRA layers; not injecting again", name)
+        return run_of(model)
+    ckpt = getattr(args, "checkpoint", None)
+    resume: adapter.AdapterCheckpoint | None = None
+    base_state: dict | None = None
+    if ckpt and not os.path.exists(ckpt):  # train.py only warns and trains from scratch
+        raise CheckpointError(f"--checkpoint {ckpt} does not exist; LoRA needs the base model",
+                              hint=f"pass the pretrained {name}.pt (or an adapter checkpoint to resume)")
+    if ckpt:
+        state = checkpoints.load(ckpt, mmap=True)  # a full base is read next to the model holding it
+        if checkpoints.is_adapter(state):
+            resume = adapter.read(state, ckpt)
+            _check_same_settings(resume.settings, settings, ckpt)
+        else:
+            base_state = state
+    base_path = settings.base_checkpoint
+    if resume is not None:
+        base_path = base_path or resume.base_path
+    elif ckpt and base_state is not None:
+        if base_path and os.path.abspath(base_path) != os.path.abspath(ckpt):
+            log.info("cosyext lora: --checkpoint %s is used as the base (not %s.%s.base_checkpoint)", ckpt, SECTION, name)
+        base_path = ckpt
+    if not base_path:
+        raise CheckpointError(
+            f"LoRA for {name} needs a base checkpoint and none was given",
+            hint=f"pass --checkpoint pretrained/{name}.pt or set {SECTION}.{name}.base_checkpoint in the config")
+    base_path = os.path.abspath(base_path)
+    digest = checkpoints.file_digest(base_path) if os.path.isfile(base_path) else None
+    if resume is not None:
+        if digest is None:
+            raise CheckpointError(
+                f"resuming from {ckpt} needs its base checkpoint {base_path}, which does not exist",
+                hint=f"set {SECTION}.{name}.base_checkpoint to where the base checkpoint is now")
+        if resume.base_sha256 and digest != resume.base_sha256:
+            raise CheckpointError(
+                f"base checkpoint {base_path} (sha256 {digest[:12]}) is not the one adapter {ckpt} was trained on "
+                f"(sha256 {resume.base_sha256[:12]}, recorded path {resume.base_path})",
+                hint=f"set {SECTION}.{name}.base_checkpoint to the original base checkpoint")
+    if base_state is None:
+        base_state = checkpoints.load(base_path, mmap=True)
+    report = load_base(model, base_state, base_path)
+    del base_state
+    log.info("cosyext lora: base checkpoint %s (sha256 %s): %s", base_path, (digest or "?")[:12], report.summary())
+
+    targets = resolve_targets(model, settings)
+    to_save = resolve_modules_to_save(model, settings, targets)
+    counts = inject(model, settings, targets, to_save)
+    if resume is not None:
+        n_mts = load_exact(model, resume.modules_to_save, f"adapter {ckpt} (modules_to_save)",
+                           expected=set(module_tensors(model, to_save)))
+        n_lora = load_exact(model, resume.lora, f"adapter {ckpt}", expected=set(lora_state(model)))
+        log.info("cosyext lora: resumed %d LoRA and %d modules_to_save tensors from %s (epoch %d, step %d)",
+                 n_lora, n_mts, ckpt, resume.epoch, resume.step)
+    log.info("cosyext lora: %s: LoRA r=%d on %d modules; %s", name, settings.r, len(targets), counts)
+    run = LoraRun(settings=settings, targets=targets, modules_to_save=to_save, base_path=base_path,
+                  base_sha256=digest, resumed_from=ckpt if resume is not None else None)
+    _runs[model] = run
+    return run
+
+
+def optimizer_params(model: Any) -> list | None:
+    """Only the trainable parameters of a LoRA model; None (upstream's choice) for any other model."""
+    if run_of(model) is None:
+        return None
+    return [p for p in unwrap(model).parameters() if p.requires_grad]
+
+
+def checkpoint_state(model: Any, info_dict: Mapping[str, Any]) -> dict | None:
+    """The dict save_model writes for a LoRA model (adapter or merged); None for any other model."""
+    bare = unwrap(model)
+    run = run_of(bare)
+    if run is None:
+        return None
+    if run.settings.checkpoint_format == "merged":
+        return {**merged_state_dict(bare), "epoch": info_dict["epoch"], "step": info_dict["step"]}
+    return adapter.build(
+        settings=run.settings, lora=lora_state(bare), modules_to_save=module_tensors(bare, run.modules_to_save),
+        targets=run.targets, base_path=run.base_path, base_sha256=run.base_sha256, info_dict=info_dict)
+
+
+def _check_same_settings(saved: LoraSettings, now: LoraSettings, ckpt: str) -> None:
+    for key in ("r", "target_modules", "modules_to_save"):
+        if getattr(saved, key) != getattr(now, key):
+            raise CheckpointError(
+                f"adapter {ckpt} was trained with {key}={getattr(saved, key)!r}, the config now says "
+                f"{getattr(now, key)!r}",
+                hint=f"resume with the adapter's settings ({SECTION}.{now.model}.{key}) or start from the base checkpoint")
+

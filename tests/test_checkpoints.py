@@ -1,0 +1,75 @@
+"""Checkpoint safety: weights_only loading, pickle payloads refused, adapter detection, digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import torch
+
+from cosyvoice_ext import checkpoints
+from cosyvoice_ext.errors import CheckpointError
+
+RAN: list[str] = []
+
+
+def _mark(msg: str) -> None:
+    RAN.append(msg)
+
+
+class _Payload:
+    """An object whose unpickling would call a function of our choosing (here: a harmless marker)."""
+
+    def __reduce__(self):
+        return (_mark, ("payload ran",))
+
+
+def test_plain_checkpoint_loads(tmp_path):
+    path = tmp_path / "llm.pt"
+    torch.save({"w": torch.arange(4.0), "epoch": 3, "step": 7, "meta": {"a": [1, "x", 2.5, None]}}, path)
+    state = checkpoints.load(path)
+    assert torch.equal(state["w"], torch.arange(4.0)) and state["epoch"] == 3
+    assert set(checkpoints.tensors(state)) == {"w"}
+    assert not checkpoints.is_adapter(state)
+    assert checkpoints.load(path, mmap=True)["step"] == 7
+
+
+def test_pickle_payload_is_refused_and_not_run(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": _Payload()}, path)
+    RAN.clear()
+    with pytest.raises(CheckpointError) as err:
+        checkpoints.load(path)
+    assert RAN == []
+    msg = str(err.value)
+    assert "refusing to load" in msg and "pickle payload" in msg and str(path) in msg
+    assert "GLOBAL" in msg and "_mark" in msg  # says what the payload would have called
+    assert err.value.hint
+
+
+def test_missing_empty_and_non_dict_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoints.load(tmp_path / "nope.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        checkpoints.load(tmp_path / "empty.pt")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        checkpoints.load(tmp_path / "list.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        checkpoints.load(tmp_path / "junk.pt")
+
+
+def test_adapter_detection():
+    assert checkpoints.is_adapter({"cosyext": {"format": "adapter"}, "lora": {}})
+    assert not checkpoints.is_adapter({"cosyext": {"format": "merged"}})
+    assert not checkpoints.is_adapter({"cosyext": "adapter"})
+
+
+def test_digest_and_atomic_save(tmp_path):
+    path = checkpoints.save_atomic({"w": torch.ones(3)}, tmp_path / "sub" / "x.pt")
+    assert path.is_file() and os.listdir(path.parent) == ["x.pt"]
+    assert checkpoints.file_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert torch.equal(checkpoints.load(path)["w"], torch.ones(3))

@@ -1,0 +1,217 @@
+"""LoRA end to end: the stock train.py under real torchrun (CPU, gloo) on the patched upstream tree.
+
+The `cosyext:` section in the config is the only difference from a full fine-tune command line.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cosyvoice_ext import checkpoints
+from cosyvoice_ext.lora import export as export_mod
+
+pytestmark = [pytest.mark.slow, pytest.mark.upstream]
+
+LORA = """\
+cosyext:
+  llm:
+    r: 8
+    alpha: 16
+    dropout: 0.0
+  flow:
+    r: 8
+    alpha: 16
+    dropout: 0.0
+"""
+LOSS_LINE = re.compile(r" INFO TRAIN Batch (\d+)/(\d+) loss (\d+\.\d+)")
+
+# A throwaway third-party plugin, registered at interpreter start in every rank: it sees the
+# model in prepare_model (after the LoRA plugin) and dumps each rank's LoRA tensors after each epoch.
+SPY_PLUGIN = '''
+import os, torch
+from cosyvoice_ext.hookspecs import hookimpl
+from cosyvoice_ext.plugins import get_manager
+
+class Spy:
+    model = None
+
+    @hookimpl(trylast=True)
+    def cosyext_prepare_model(self, model, name, configs, args):
+        Spy.model = model
+
+    @hookimpl
+    def cosyext_after_save(self, model_name, info_dict):
+        if not model_name.startswith("epoch_"):
+            return
+        lora = {k: v.detach().cpu() for k, v in Spy.model.state_dict().items() if "lora_" in k}
+        rank = os.environ.get("RANK", "0")
+        torch.save(lora, os.path.join(info_dict["model_dir"], f"spy_rank{rank}_epoch{info_dict['epoch']}.pt"))
+
+get_manager().register(Spy(), name="spy")
+'''
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, upstream_tree):
+    from cosyvoice_ext.tiny.workspace import make_workspace
+
+    # small batches: several optimizer steps per epoch, so two epochs of LoRA visibly learn
+    return make_workspace(tmp_path_factory.mktemp("lora_ws"), n_train=12, n_cv=4, upstream=upstream_tree,
+                          extra=LORA, lr=0.01, max_frames_in_batch=400)
+
+
+@pytest.fixture(scope="module")
+def runs(ws, upstream_tree, tmp_path_factory):
+    """Two-epoch LoRA runs from the base checkpoint, trained once per model and shared by the tests."""
+    done: dict[str, tuple[Path, str]] = {}
+
+    def get(name: str) -> tuple[Path, str]:
+        if name not in done:
+            exp = tmp_path_factory.mktemp(f"run_{name}") / "exp"
+            res = train(ws, upstream_tree, name, exp, checkpoint=ws.llm_ckpt if name == "llm" else ws.flow_ckpt)
+            assert res.returncode == 0, res.log[-4000:]
+            done[name] = (exp, res.log)
+        return done[name]
+    return get
+
+
+def train(ws, upstream: Path, model: str, model_dir: Path, *, pythonpath_first: Path | None = None, **kw):
+    from cosyvoice_ext.tiny.workspace import train_command, train_env
+
+    env = train_env(upstream)
+    if pythonpath_first is not None:
+        env["PYTHONPATH"] = f"{pythonpath_first}:{env['PYTHONPATH']}"
+    res = subprocess.run(train_command(ws, upstream, model, model_dir, **kw), env=env, capture_output=True,
+                         text=True, timeout=900)
+    res.log = res.stdout + res.stderr
+    return res
+
+
+def cv_loss(ws, upstream: Path, name: str, state: dict) -> float:
+    """Mean CV loss of the stock model holding `state`, through upstream's own data pipeline."""
+    from cosyvoice_ext.tiny.config import load_tiny_config
+    from cosyvoice_ext.tiny.workspace import upstream_on_path
+
+    with upstream_on_path(upstream):
+        from cosyvoice.dataset.dataset import Dataset
+
+        configs = load_tiny_config(ws.config, name, qwen_dir=ws.qwen_dir, seed=0)
+        model = configs[name]
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        data = Dataset(str(ws.cv_list), data_pipeline=configs["data_pipeline"], mode="train", gan=False, dpo=False,
+                       shuffle=False, partition=False)
+        total, n = 0.0, 0
+        random.seed(0)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for batch in data:
+                utts = len(batch["utts"])
+                total += float(model(batch, torch.device("cpu"))["loss"]) * utts
+                n += utts
+    return total / n
+
+
+@pytest.mark.parametrize("name, average", [("llm", 1), ("flow", 2)])
+def test_lora_two_epochs_export_and_the_adapter_learned(ws, upstream_tree, runs, tmp_path, name, average):
+    base = ws.llm_ckpt if name == "llm" else ws.flow_ckpt
+    exp, log = runs(name)
+    assert re.search(r"cosyext lora: base checkpoint .*: (\d+)/\1 model keys loaded \(100\.0%\)", log)
+    assert re.search(r"LoRA r=8 on \d+ modules; trainable [\d,]+ / total [\d,]+ parameters", log)
+    assert {int(m.group(1)) for m in LOSS_LINE.finditer(log)} == {0, 1}
+
+    first, last = (checkpoints.load(exp / f) for f in ("init.pt", "epoch_1_whole.pt"))
+    assert checkpoints.is_adapter(last) and last["step"] > 0 and last["epoch"] == 1
+    assert last["cosyext"]["base_checkpoint"]["sha256"] == checkpoints.file_digest(base)
+    assert any(not torch.equal(first["lora"][k], last["lora"][k]) for k in last["lora"])
+    print(f"\n{name}: adapter {(exp / 'epoch_1_whole.pt').stat().st_size} bytes, base {base.stat().st_size} bytes")
+
+    out = export_mod.export(model=name, config=ws.config, out=tmp_path / f"{name}.pt", run_dir=exp, base=base,
+                            qwen_pretrain_path=str(ws.qwen_dir), average_n=average, val_best=True, progress=print)
+    merged = checkpoints.load(out)
+    before = cv_loss(ws, upstream_tree, name, checkpoints.tensors(checkpoints.load(base)))
+    after = cv_loss(ws, upstream_tree, name, merged)
+    print(f"{name}: CV loss base {before:.4f} -> exported LoRA {after:.4f}")
+    assert after < before
+
+
+def test_resume_from_an_adapter_continues_exactly(ws, upstream_tree, runs, tmp_path):
+    exp, _ = runs("llm")
+    stopped = checkpoints.load(exp / "epoch_0_whole.pt")
+
+    again = tmp_path / "again"
+    res = train(ws, upstream_tree, "llm", again, checkpoint=exp / "epoch_0_whole.pt")
+    assert res.returncode == 0, res.log[-4000:]
+    assert f"start step {stopped['step']} start epoch 0" in res.log
+    assert re.search(r"resumed \d+ LoRA and 0 modules_to_save tensors", res.log)
+    assert {int(m.group(1)) for m in LOSS_LINE.finditer(res.log)} == {1}  # only epoch 1 is left
+    start = checkpoints.load(again / "init.pt")  # saved by train.py after our prepare_model
+    assert (start["step"], start["epoch"]) == (stopped["step"], 0)
+    assert start["lora"].keys() == stopped["lora"].keys()
+    assert all(torch.equal(start["lora"][k], stopped["lora"][k]) for k in stopped["lora"])
+
+
+def test_two_ranks_hold_identical_lora_weights(ws, upstream_tree, tmp_path):
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "sitecustomize.py").write_text(textwrap.dedent(SPY_PLUGIN))
+    exp = tmp_path / "exp"
+    res = train(ws, upstream_tree, "llm", exp, nproc=2, checkpoint=ws.llm_ckpt, pythonpath_first=spy)
+    assert res.returncode == 0, res.log[-4000:]
+    for epoch in (0, 1):
+        r0, r1 = (torch.load(exp / f"spy_rank{r}_epoch{epoch}.pt", weights_only=True) for r in (0, 1))
+        assert r0.keys() == r1.keys() and r0
+        assert all(torch.equal(r0[k], r1[k]) for k in r0), f"ranks differ after epoch {epoch}"
+    saved = checkpoints.load(exp / "epoch_1_whole.pt")["lora"]
+    assert all(torch.equal(saved[k], r0[k]) for k in r0)
+
+
+def test_deepspeed_engine_trains_lora_and_export_reads_its_run(ws, upstream_tree, tmp_path):
+    """LoRA is injected before deepspeed.initialize; export merges DeepSpeed's model-states files."""
+    import dataclasses
+    import json
+
+    from cosyvoice_ext.tiny.config import write_tiny_config
+
+    # upstream's DeepSpeed path passes scheduler_conf to the scheduler: constantlr cannot take warmup_steps
+    config = write_tiny_config(tmp_path / "ds.yaml", ws.qwen_dir, extra=LORA, lr=0.01, max_frames_in_batch=400,
+                               scheduler="warmuplr")
+    ws = dataclasses.replace(ws, config=config)
+
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(json.dumps({
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": 5,
+        "steps_per_print": 1, "fp16": {"enabled": False}, "bf16": {"enabled": False},
+        "zero_optimization": {"stage": 0},
+        "optimizer": {"type": "Adam", "params": {"lr": 0.01, "torch_adam": True}},
+    }))
+    exp = tmp_path / "exp"
+    res = train(ws, upstream_tree, "llm", exp, checkpoint=ws.llm_ckpt,
+                extra_args=["--train_engine", "deepspeed", "--deepspeed_config", str(ds_config)])
+    assert res.returncode == 0, res.log[-4000:]
+    assert re.search(r"LoRA r=8 on \d+ modules; trainable", res.log)
+    states = checkpoints.load(exp / "epoch_1_whole" / export_mod.DEEPSPEED_STATES)
+    assert any(".lora_B." in k for k in states["module"])
+
+    out = export_mod.export(model="llm", config=ws.config, out=tmp_path / "llm.pt", run_dir=exp,
+                            qwen_pretrain_path=str(ws.qwen_dir), average_n=2, val_best=True, progress=print)
+    merged, base = checkpoints.load(out), checkpoints.load(ws.llm_ckpt)
+    assert list(merged) == [k for k in base if k not in ("epoch", "step")]
+    key = "llm.model.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[key], base[key])  # the adapter was trained and folded in
+    assert torch.equal(merged["llm_decoder.weight"], base["llm_decoder.weight"])  # frozen stays frozen
+
+
+def test_a_base_checkpoint_of_another_model_stops_training_with_a_clear_message(ws, upstream_tree, tmp_path):
+    res = train(ws, upstream_tree, "llm", tmp_path / "exp", checkpoint=ws.flow_ckpt)
+    assert res.returncode != 0
+    assert re.search(r"ERROR cosyext lora: base checkpoint .*flow\.pt does not match the model", res.log)
+    assert "next: pass the pretrained checkpoint of this model" in res.log
+    assert not LOSS_LINE.search(res.log)
