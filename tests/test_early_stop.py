@@ -69,3 +69,18 @@ def test_two_ranks_stop_together_and_exit_zero(upstream_tree, tmp_path):
     best = yaml.safe_load((model_dir / "best.yaml").read_text())
     assert best["checkpoint"] == "epoch_0_whole.pt" and best["epoch"] == 0
     assert read_best(model_dir) == best
+
+    # export follows the pointer: the stock llm.pt it writes is epoch 0's weights, not the latest
+    import torch
+
+    from cosyvoice_ext.cli import main
+
+    out = tmp_path / "llm.pt"
+    assert main(["export", "--model", "llm", "--run", str(model_dir), "--config", str(config),
+                 "--qwen-pretrain-path", str(ws.qwen_dir), "--upstream", str(upstream_tree), "-o", str(out)]) == 0
+    exported = torch.load(out, weights_only=True)
+    chosen = torch.load(model_dir / "epoch_0_whole.pt", weights_only=True)
+    latest = torch.load(model_dir / "epoch_1_whole.pt", weights_only=True)
+    assert "epoch" not in exported and "step" not in exported
+    assert all(torch.equal(exported[k], chosen[k]) for k in exported)
+    assert any(not torch.equal(exported[k], latest[k]) for k in exported)

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, choices=["llm", "flow"], help="which model the checkpoints are of")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="DIR", help="training --model_dir holding epoch_N_whole.pt (default: latest epoch)")
+    src.add_argument("--run", metavar="DIR", help="training --model_dir holding epoch_N_whole.pt (default: the best checkpoint "
+                     "recorded by early stopping in best.yaml, else the latest epoch)")
     src.add_argument("--checkpoint", metavar="FILE", help="one adapter or merged checkpoint")
     p.add_argument("--base", metavar="FILE", help="base checkpoint the adapter was trained on (default: the path "
                    "recorded in the adapter; its sha256 is checked either way)")

@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from .. import checkpoints
+from ..early_stop import BEST_FILE, read_best
 from ..errors import CheckpointError, EnvironmentProblem, UsageError
 from . import adapter as adapter_io
 from .base import compare
@@ -198,7 +199,11 @@ def export(*, model: str, config: str | os.PathLike, out: str | os.PathLike, bas
         path = Path(checkpoint)
         chosen = [Candidate(-1, path / DEEPSPEED_STATES if path.is_dir() else path, None)]
     else:
-        chosen = choose(run_candidates(run_dir), average_n, val_best)
+        chosen = _best_pointer(run_dir) if average_n == 1 and not val_best else None
+        if chosen:
+            progress(f"using the best checkpoint recorded by early stopping in {Path(run_dir) / BEST_FILE}")
+        else:
+            chosen = choose(run_candidates(run_dir), average_n, val_best)
     out_path = _output_path(out, model)
 
     configs = load_configs(config, model, qwen_pretrain_path)
@@ -232,6 +237,21 @@ def export(*, model: str, config: str | os.PathLike, out: str | os.PathLike, bas
     checkpoints.save_atomic(result, out_path)
     progress(f"wrote {out_path}: {len(result)} tensors, loads into the stock {model} with strict=True")
     return out_path
+
+
+def _best_pointer(run_dir: str | os.PathLike) -> list[Candidate] | None:
+    """The checkpoint `best.yaml` names (written by the early-stop plugin), if it exists."""
+    best = read_best(run_dir)
+    if best is None:
+        return None
+    path = Path(run_dir) / str(best["checkpoint"])
+    if path.is_dir():
+        path = path / DEEPSPEED_STATES
+    if not path.is_file():
+        raise UsageError(f"{Path(run_dir) / BEST_FILE} points at {path}, which does not exist",
+                         hint="pass --checkpoint FILE, or --average 1 --val-best to choose by CV loss")
+    value = best.get("value")
+    return [Candidate(int(best.get("epoch", -1)), path, float(value) if isinstance(value, (int, float)) else None)]
 
 
 def _recorded_base(state: Mapping, path: Path) -> str | None:
