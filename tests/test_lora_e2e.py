@@ -158,12 +158,13 @@ def test_resume_from_an_adapter_continues_exactly(ws, upstream_tree, runs, tmp_p
     assert all(torch.equal(start["lora"][k], stopped["lora"][k]) for k in stopped["lora"])
 
 
-def test_two_ranks_hold_identical_lora_weights(ws, upstream_tree, tmp_path):
+@pytest.mark.parametrize("name", ["llm", "flow"])
+def test_two_ranks_hold_identical_lora_weights(ws, upstream_tree, tmp_path, name):
     spy = tmp_path / "spy"
     spy.mkdir()
     (spy / "sitecustomize.py").write_text(textwrap.dedent(SPY_PLUGIN))
     exp = tmp_path / "exp"
-    res = train(ws, upstream_tree, "llm", exp, nproc=2, checkpoint=ws.llm_ckpt, pythonpath_first=spy)
+    res = train(ws, upstream_tree, name, exp, nproc=2, checkpoint=getattr(ws, f"{name}_ckpt"), pythonpath_first=spy)
     assert res.returncode == 0, res.log[-4000:]
     for epoch in (0, 1):
         r0, r1 = (torch.load(exp / f"spy_rank{r}_epoch{epoch}.pt", weights_only=True) for r in (0, 1))
@@ -215,3 +216,26 @@ def test_a_base_checkpoint_of_another_model_stops_training_with_a_clear_message(
     assert re.search(r"ERROR cosyext lora: base checkpoint .*flow\.pt does not match the model", res.log)
     assert "next: pass the pretrained checkpoint of this model" in res.log
     assert not LOSS_LINE.search(res.log)
+
+
+def test_multi_node_rendezvous_on_loopback(ws, upstream_tree, tmp_path):
+    """Two `torchrun --nnodes=2` processes (one per 'node') rendezvous with c10d on 127.0.0.1 and train LoRA."""
+    from cosyvoice_ext.tiny.workspace import free_port, train_command, train_env
+
+    port, exp = free_port(), tmp_path / "exp"
+    procs = []
+    for node in (0, 1):
+        cmd = train_command(ws, upstream_tree, "llm", exp, checkpoint=ws.llm_ckpt)
+        at = next(i for i, a in enumerate(cmd) if a.startswith("--master_port="))
+        cmd[at:at + 1] = ["--nnodes=2", f"--node_rank={node}", "--rdzv_backend=c10d",
+                          f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=cosyext-multinode-test"]
+        procs.append(subprocess.Popen(cmd, env=train_env(upstream_tree), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    joined = "\n".join(logs)
+    assert "world_size 2" in joined
+    assert {m.group(0)[-1] for m in re.finditer(r" INFO TRAIN Batch .* rank [01]", joined)} == {"0", "1"}
+    state = checkpoints.load(exp / "epoch_1_whole.pt")
+    assert checkpoints.is_adapter(state) and state["lora"]
