@@ -239,3 +239,53 @@ def test_multi_node_rendezvous_on_loopback(ws, upstream_tree, tmp_path):
     assert {m.group(0)[-1] for m in re.finditer(r" INFO TRAIN Batch .* rank [01]", joined)} == {"0", "1"}
     state = checkpoints.load(exp / "epoch_1_whole.pt")
     assert checkpoints.is_adapter(state) and state["lora"]
+
+
+def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_tree, runs, tmp_path):
+    """--serve: pretrained files linked untouched, merged llm.pt/flow.pt, the speaker in spk2info.pt."""
+    import json
+    import shutil
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from cosyvoice_ext.cli import main
+    from cosyvoice_ext.prepare.standin import make_pretrained_standin
+    from cosyvoice_ext.tiny.workspace import upstream_on_path
+    from tests.helpers import tree_digest
+
+    pre = tmp_path / "CosyVoice2-0.5B"
+    make_pretrained_standin(pre)
+    shutil.copy(ws.config, pre / "cosyvoice2.yaml")
+    shutil.copytree(ws.qwen_dir, pre / "CosyVoice-BlankEN")
+    shutil.copy(ws.llm_ckpt, pre / "llm.pt")
+    shutil.copy(ws.flow_ckpt, pre / "flow.pt")
+    torch.save({"w": torch.zeros(3)}, pre / "hift.pt")
+    torch.save({"stock_voice": {"embedding": torch.ones(1, 192)}}, pre / "spk2info.pt")
+    before = tree_digest(pre)
+    out = tmp_path / "serve" / "my_voice"
+    for name in ("llm", "flow"):
+        assert main(["export", "--model", name, "--run", str(runs(name)[0]), "--config", str(ws.config),
+                     "--qwen-pretrain-path", str(ws.qwen_dir), "--upstream", str(upstream_tree),
+                     "--serve", str(pre), "--speaker-data", str(ws.train_list), "--speaker-name", "my_voice",
+                     "--description", "tiny test voice", "-o", str(out)]) == 0
+    assert tree_digest(pre) == before, "the pretrained directory must never be modified"
+    for linked in ("hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx", "CosyVoice-BlankEN", "cosyvoice2.yaml"):
+        assert (out / linked).is_symlink() and (out / linked).resolve() == (pre / linked).resolve()
+    # what CosyVoice2(model_dir) does: build from model_dir's yaml with its Qwen dir, load llm/flow strictly
+    from hyperpyyaml import load_hyperpyyaml
+
+    with upstream_on_path(upstream_tree), open(out / "cosyvoice2.yaml") as f:
+        configs = load_hyperpyyaml(f, overrides={"qwen_pretrain_path": str(out / "CosyVoice-BlankEN")})
+    for name in ("llm", "flow"):
+        assert not (out / f"{name}.pt").is_symlink()
+        configs[name].load_state_dict(torch.load(out / f"{name}.pt", weights_only=True), strict=True)
+    spk2info = torch.load(out / "spk2info.pt", weights_only=True)
+    assert set(spk2info) == {"stock_voice", "my_voice"}
+    table = pq.read_table(ws.train_list.read_text().split()[0], columns=["spk_embedding"])
+    want = np.asarray(table.column("spk_embedding").to_pylist(), dtype=np.float32).mean(axis=0)
+    assert spk2info["my_voice"]["embedding"].shape == (1, 192)
+    assert np.allclose(spk2info["my_voice"]["embedding"][0].numpy(), want, atol=1e-6)
+    entry = json.loads((out / "speaker_config.json").read_text())["speakers"]
+    assert [e["name"] for e in entry] == ["my_voice"] and entry[0]["description"] == "tiny test voice"
+    assert Path(entry[0]["llm"]) == (out / "llm.pt").resolve() and Path(entry[0]["flow"]) == (out / "flow.pt").resolve()

@@ -12,6 +12,11 @@ examples:
   cosyext export --model flow --run exp/flow --base pretrained/flow.pt --config ext.yaml \\
       --average 3 --val-best -o out/flow.pt
   cosyext export --model llm --checkpoint exp/llm/epoch_4_whole.pt --base pretrained/llm.pt --config ext.yaml -o llm.pt
+  # a directory CosyVoice2(MODEL_DIR) serves: run once per model, the speaker registered for prompt-free use
+  cosyext export --model llm --run exp/llm --config ext.yaml --serve pretrained_models/CosyVoice2-0.5B \
+      --speaker-data data/train/data.list --speaker-name my_voice -o serve/my_voice
+  cosyext export --model flow --run exp/flow --config ext.yaml --serve pretrained_models/CosyVoice2-0.5B \
+      --speaker-data data/train/data.list --speaker-name my_voice -o serve/my_voice
 """
 
 
@@ -38,14 +43,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-best", action="store_true", help="with --average: the N epochs with the lowest CV loss "
                    "(from epoch_N_whole.yaml) instead of the N latest")
     p.add_argument("-o", "--output", required=True, metavar="FILE|DIR", help="output file, or directory for <model>.pt")
+    serve = p.add_argument_group("serving directory (--serve)")
+    serve.add_argument("--serve", metavar="PRETRAINED_DIR", help="make -o a model dir upstream inference loads: the "
+                       "pretrained files linked, the merged <model>.pt, the speaker in spk2info.pt")
+    serve.add_argument("--copy", action="store_true", help="with --serve: copy pretrained files instead of linking")
+    serve.add_argument("--speaker-data", metavar="LIST", help="with --serve: data.list whose spk_embedding registers "
+                       "the speaker")
+    serve.add_argument("--speaker", metavar="SPK", help="with --speaker-data: the speaker id in the data (default: "
+                       "the only one)")
+    serve.add_argument("--speaker-name", metavar="NAME", help="name for spk2info.pt and speaker_config.json "
+                       "(default: the speaker id)")
+    serve.add_argument("--description", default="", help="with --serve: description in speaker_config.json")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import UsageError
     from ..lora.export import add_upstream_to_path, export
 
+    if not args.serve and (args.speaker_data or args.speaker or args.speaker_name or args.copy):
+        raise UsageError("--speaker-data/--speaker/--speaker-name/--copy only apply with --serve PRETRAINED_DIR")
+    out = Path(args.output)
+    if args.serve:
+        from .. import serve
+
+        pretrained = Path(args.serve).expanduser().resolve()
+        serve.check_pretrained(pretrained)
+        if out.resolve() == pretrained:
+            raise UsageError("-o must be a new model directory, not the pretrained one (it is never modified)")
+        if args.speaker_data:  # validate before the slow merge
+            spk, embedding = serve.speaker_embedding(Path(args.speaker_data), args.speaker)
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / f"{args.model}.pt"
     add_upstream_to_path(args.upstream)
-    export(model=args.model, config=args.config, out=args.output, base=args.base, checkpoint=args.checkpoint,
-           run_dir=args.run, average_n=args.average, val_best=args.val_best,
-           qwen_pretrain_path=args.qwen_pretrain_path, progress=lambda msg: print(msg, file=sys.stderr))
+    written = export(model=args.model, config=args.config, out=out, base=args.base, checkpoint=args.checkpoint,
+                     run_dir=args.run, average_n=args.average, val_best=args.val_best,
+                     qwen_pretrain_path=args.qwen_pretrain_path, progress=lambda msg: print(msg, file=sys.stderr))
+    if args.serve:
+        model_dir = written.parent
+        linked = serve.link_pretrained(pretrained, model_dir, copy=args.copy,
+                                       keep=(f"{args.model}.pt", serve.SPK2INFO))
+        print(f"{'copied' if args.copy else 'linked'} {len(linked)} pretrained file(s) into {model_dir}",
+              file=sys.stderr)
+        if args.speaker_data:
+            name = args.speaker_name or spk
+            serve.register_speaker(pretrained, model_dir, name, embedding)
+            serve.write_speaker_config(model_dir, name, args.description,
+                                       {m: f"{m}.pt" for m in ("llm", "flow") if (model_dir / f"{m}.pt").exists()})
+            print(f"registered speaker {name!r} in {model_dir / serve.SPK2INFO} and {serve.SPEAKER_CONFIG}",
+                  file=sys.stderr)
+        elif not (model_dir / serve.SPK2INFO).exists():
+            serve.link_pretrained(pretrained, model_dir, copy=args.copy)
+        print(f"serve with: CosyVoice2('{model_dir}')")
     return 0
