@@ -1,0 +1,142 @@
+"""Per-utterance lengths of upstream parquet shards, without decoding audio.
+
+Audio length comes from the WAV header inside ``audio_data`` (RIFF ``fmt `` + ``data`` chunk size),
+speech-token counts from the list column's offsets, transcripts from ``text``. A sidecar index per
+shard (JSON under the cosyext cache, keyed by path, size and mtime) makes repeat lint runs skip
+parquet entirely; text-token counts are cached per tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+INDEX_VERSION = 1
+
+
+class LengthError(Exception):
+    """A shard or an audio blob we cannot measure from headers."""
+
+
+@dataclass
+class ShardIndex:
+    path: str
+    utt: list[str]
+    n_samples: list[int]
+    sample_rate: list[int]
+    speech_token_len: list[int]
+    reject_len: list[int] | None  # None: no reject_speech_token column
+    text: list[str]
+    text_tokens: dict[str, list[int]]  # tokenizer id -> counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": INDEX_VERSION, **self.__dict__}
+
+
+def wav_frames(blob: bytes | memoryview) -> tuple[int, int]:
+    """(frames per channel, sample rate) from a RIFF/WAVE header."""
+    b = bytes(blob[:12])
+    if len(b) < 12 or b[:4] not in (b"RIFF", b"RIFX") or b[8:12] != b"WAVE":
+        raise LengthError("audio_data is not a WAV file (only WAV headers can be read without decoding)")
+    endian = "<" if b[:4] == b"RIFF" else ">"
+    pos, total = 12, len(blob)
+    rate = align = None
+    while pos + 8 <= total:
+        cid = bytes(blob[pos:pos + 4])
+        size = struct.unpack(endian + "I", bytes(blob[pos + 4:pos + 8]))[0]
+        if cid == b"fmt ":
+            if size < 16 or pos + 24 > total:
+                raise LengthError("truncated WAV fmt chunk")
+            _fmt, _ch, rate, _byte_rate, align = struct.unpack(endian + "HHIIH", bytes(blob[pos + 8:pos + 22]))
+        elif cid == b"data":
+            if not rate or not align:
+                raise LengthError("WAV data chunk before its fmt chunk")
+            avail = total - (pos + 8)
+            size = avail if size in (0, 0xFFFFFFFF) else min(size, avail)
+            return size // align, rate
+        pos += 8 + size + (size & 1)
+    raise LengthError("WAV file has no data chunk")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("COSYEXT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cosyext")
+    return Path(base) / "lint-index"
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    raw = f"{INDEX_VERSION}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _read_parquet(path: Path) -> ShardIndex:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path, memory_map=True)
+    names = set(pf.schema_arrow.names)
+    need = {"utt", "text", "audio_data", "speech_token"}
+    if not need <= names:
+        raise LengthError(f"{path} lacks column(s) {', '.join(sorted(need - names))} that upstream's pipeline reads")
+    cols = ["utt", "text", "speech_token", "audio_data"] + (["reject_speech_token"] if "reject_speech_token" in names else [])
+    table = pf.read(columns=cols)
+    utt = [str(u) for u in table.column("utt").to_pylist()]
+    text = [str(t) for t in table.column("text").to_pylist()]
+
+    def list_lengths(name: str) -> list[int]:
+        return [int(x) if x is not None else 0 for x in pc.list_value_length(table.column(name)).to_pylist()]
+
+    n_samples, rates = [], []
+    for chunk in table.column("audio_data").chunks:
+        chunk = chunk.cast(pa.large_binary()) if not pa.types.is_large_binary(chunk.type) else chunk
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = memoryview(chunk.buffers()[2]) if chunk.buffers()[2] is not None else memoryview(b"")
+        for i in range(len(chunk)):
+            frames, rate = wav_frames(data[offsets[i]:offsets[i + 1]])
+            n_samples.append(frames)
+            rates.append(rate)
+    return ShardIndex(str(path), utt, n_samples, rates, list_lengths("speech_token"),
+                      list_lengths("reject_speech_token") if "reject_speech_token" in names else None, text, {})
+
+
+def load_shard(path: Path, use_cache: bool = True) -> ShardIndex:
+    path = Path(path)
+    cache = _cache_dir() / f"{_cache_key(path)}.json"
+    if use_cache and cache.is_file():
+        try:
+            d = json.loads(cache.read_text(encoding="utf-8"))
+            if d.pop("version", None) == INDEX_VERSION:
+                return ShardIndex(**d)
+        except (OSError, ValueError, TypeError):
+            pass
+    idx = _read_parquet(path)
+    if use_cache:
+        save_shard(idx)
+    return idx
+
+
+def save_shard(idx: ShardIndex) -> None:
+    """Best effort: a read-only cache must not break lint."""
+    try:
+        cache = _cache_dir() / f"{_cache_key(Path(idx.path))}.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(idx.to_json()), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+
+
+def read_data_list(path: Path) -> list[str]:
+    """Shard paths exactly as upstream's read_lists sees them: every line, stripped (blank lines too:
+    they take part in the shard shuffle and yield nothing)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f]

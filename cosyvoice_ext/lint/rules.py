@@ -1,0 +1,75 @@
+"""What a lint rule is, for rule authors (built-in and third-party alike).
+
+A rule is a :class:`Rule` whose ``check(ctx)`` yields :class:`Issue` objects. The engine adds the
+code, severity, file and position, applies selection and `# cosyext: disable=CODE`, and formats.
+Register rules from a plugin::
+
+    from cosyvoice_ext.hookspecs import hookimpl
+    from cosyvoice_ext.lint import Issue, Rule
+
+    def _check(ctx):
+        n = ctx.doc.node("train_conf", "max_epoch")
+        if ctx.doc.number("train_conf", "max_epoch") == 1:
+            yield Issue("only one epoch", at=n)
+
+    @hookimpl
+    def cosyext_register_lint_rules(register):
+        register(Rule("ACME001", "one-epoch", "warning", "a single epoch", check=_check))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .yamlpos import Pos, YNode
+
+if TYPE_CHECKING:
+    from .data_analysis import DataAnalysis
+    from .document import Document
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass
+class Issue:
+    """One problem a rule found. ``at`` is the node (key or value) to point at."""
+
+    message: str
+    at: YNode | Pos | None = None
+    fix: str | None = None
+    severity: str | None = None  # overrides the rule's default (e.g. a warning that is fatal here)
+
+
+@dataclass
+class LintContext:
+    """Everything a rule may look at. ``data`` is set only in data-aware mode (``--data``)."""
+
+    doc: "Document"
+    model: str | None = None  # "llm" | "flow" | "hifigan" | None (unknown: check both)
+    gpu_memory: float | None = None  # GiB per GPU, from --gpu-memory
+    train_engine: str | None = None  # "torch_ddp" | "deepspeed" | None (unknown)
+    data: "DataAnalysis | None" = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def models(self) -> tuple[str, ...]:
+        """Models the run trains: the one given, or every model the config defines."""
+        if self.model:
+            return (self.model,)
+        root = self.doc.root
+        return tuple(m for m in ("llm", "flow") if root is not None and root.get(m) is not None)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A lint rule. ``why``/``example``/``fix`` are what `cosyext rule CODE` prints."""
+
+    code: str
+    name: str
+    severity: str
+    summary: str
+    check: Callable[[LintContext], Iterable[Issue]]
+    why: str = ""
+    example: str = ""
+    fix: str = ""
+    needs_data: bool = False  # runs only with --data

@@ -1,0 +1,157 @@
+"""Lint rules CX6xx: data-aware checks (``cosyext lint --data data.list``), from a replay of
+upstream's pipeline on header-level lengths (see cosyvoice_ext.lint.data_analysis)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from cosyvoice_ext.lint import Issue, LintContext, Rule
+from cosyvoice_ext.lint.pipeline import find, stages
+from cosyvoice_ext.lint.simulate import DROP_REASONS
+
+
+def _batch_node(ctx: LintContext):
+    st = find(stages(ctx.doc, "data_pipeline"), "batch")
+    return (st.param_node(ctx.doc, "max_frames_in_batch") or st.item) if st else None
+
+
+def _failed(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error:
+        yield Issue(f"data-aware analysis of {d.data_list} not possible: {d.error}", at=None,
+                    fix="fix the data list / tokenizer path, or lint without --data")
+    elif d.unreadable_shards:
+        yield Issue(f"{len(d.unreadable_shards)} data.list entr{'y' if len(d.unreadable_shards) == 1 else 'ies'} "
+                    f"cannot be opened (upstream logs a warning and skips them): {d.unreadable_shards[:3]}",
+                    at=None, severity="warning", fix="fix or remove those lines")
+
+
+def _drops(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error or not d.total:
+        return
+    dropped = sum(d.dropped.values())
+    if not dropped:
+        return
+    top = max(d.dropped, key=d.dropped.get)
+    st = find(stages(ctx.doc, "data_pipeline"), "filter")
+    param = top if top in ("min_length", "max_length", "token_min_length", "token_max_length",
+                           "min_output_input_ratio", "max_output_input_ratio") else None
+    at = (st.param_node(ctx.doc, param) if st and param else None) or (st.item if st else None)
+    reasons = "; ".join(f"{n} {DROP_REASONS.get(k, k)}" for k, n in sorted(d.dropped.items(), key=lambda kv: -kv[1]))
+    if d.kept == 0:
+        yield Issue(f"the pipeline drops ALL {d.total} utterances ({reasons}): every epoch is empty", at=at,
+                    severity="error", fix=f"relax filter {param or 'bounds'}")
+    elif dropped * 2 > d.total:
+        yield Issue(f"the pipeline drops {dropped} of {d.total} utterances ({reasons})", at=at,
+                    fix=f"check filter {param or 'bounds'} against your data")
+    else:
+        yield Issue(f"{dropped} of {d.total} utterances are dropped ({reasons})", at=at, severity="info")
+
+
+def _warmup(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error or d.warmup_steps is None or not d.epochs:
+        return
+    if d.warmup_steps >= d.total_steps:
+        yield Issue(f"warmup_steps {d.warmup_steps:g} >= the {d.total_steps} optimizer steps of the whole run "
+                    f"({d.steps_per_epoch} per epoch x {d.max_epoch} epochs): the learning rate never reaches its peak",
+                    at=ctx.doc.node("train_conf", "scheduler_conf", "warmup_steps"),
+                    fix=f"warmup_steps: {max(1, d.total_steps // 10)} (about 10% of the run)")
+
+
+def _log(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error or d.log_interval is None or not d.epochs:
+        return
+    if d.batches_per_epoch < d.log_interval:
+        yield Issue(f"log_interval {d.log_interval} > the {d.batches_per_epoch} batches of an epoch: no TRAIN "
+                    "loss line is ever printed", at=ctx.doc.node("train_conf", "log_interval"),
+                    fix=f"log_interval: {max(1, d.batches_per_epoch // 5)}")
+
+
+def _oversize(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error or not d.oversize:
+        return
+    worst = max(d.oversize, key=lambda x: x[1])
+    yield Issue(f"{len(d.oversize)} utterance(s) exceed max_frames_in_batch {d.max_frames_in_batch:g} mel frames "
+                f"(longest {worst[0]}: {worst[1]} frames); each becomes its own over-budget batch",
+                at=_batch_node(ctx), fix=f"raise max_frames_in_batch to >= {worst[1]} or lower filter max_length")
+
+
+def _empty_first(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error:
+        return
+    bad = [e.epoch for e in d.epochs if e.empty_first]
+    if bad:
+        yield Issue(f"in epoch(s) {bad[:5]} the first sample after sorting exceeds max_frames_in_batch, so upstream's "
+                    "dynamic_batch yields an EMPTY first batch and padding crashes (torch.stack of an empty list)",
+                    at=_batch_node(ctx), fix="raise max_frames_in_batch above the longest utterance "
+                    f"({max(f for _, f in d.oversize) if d.oversize else '?'} frames) or filter long utterances out")
+
+
+def _steps(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error or not d.epochs or d.kept == 0:
+        return
+    s, b = d.steps_per_epoch, d.batches_per_epoch
+    at = ctx.doc.node("train_conf", "accum_grad") or _batch_node(ctx)
+    if s == 0:
+        yield Issue(f"{b} batch(es) per epoch < accum_grad {d.accum_grad}: no optimizer step ever happens",
+                    at=at, severity="error", fix=f"accum_grad: {max(1, b)} or less, or smaller batches")
+    elif s == 1:
+        yield Issue(f"one optimizer step per epoch ({b} batches, accum_grad {d.accum_grad}): "
+                    f"{d.total_steps} steps in the whole run", at=at,
+                    fix="lower max_frames_in_batch or accum_grad, or add data")
+
+
+def _stats(ctx: LintContext) -> Iterator[Issue]:
+    d = ctx.data
+    if d.error or not d.epochs:
+        return
+    yield Issue(f"{d.kept}/{d.total} utterances kept, {d.batches_per_epoch} batches and {d.steps_per_epoch} optimizer "
+                f"steps per epoch, {d.total_steps} steps over {d.max_epoch} epoch(s)"
+                + (f" (warmup {d.warmup_steps:g})" if d.warmup_steps is not None else ""),
+                at=ctx.doc.key("train_conf") or None, fix="")
+
+
+RULES = [
+    Rule("CX600", "data-analysis", "error", "The data-aware analysis could not run (or some shards are unreadable).",
+         _failed, needs_data=True,
+         why="Without lengths and token counts the CX6xx checks cannot say anything.",
+         example="cosyext lint conf.yaml --data missing.list", fix="Fix the data list or the tokenizer path."),
+    Rule("CX601", "filter-drops", "warning", "The filter drops all (error) or most (warning) utterances.", _drops,
+         needs_data=True,
+         why="Drops are silent upstream; a run on 0 kept samples 'trains' for hours doing nothing.",
+         example="filter: ... token_max_length: 5   # transcripts are 20-60 Qwen tokens",
+         fix="Relax the bound named in the message."),
+    Rule("CX602", "warmup-vs-run", "warning", "warmup_steps exceeds the run's total optimizer steps.", _warmup,
+         needs_data=True,
+         why="The learning rate is still ramping up when training ends.",
+         example="train_conf:\n  scheduler: warmuplr\n  scheduler_conf:\n    warmup_steps: 25000   # run has 400 steps",
+         fix="About 10% of the total steps."),
+    Rule("CX603", "log-interval-vs-epoch", "warning", "log_interval is larger than the batches of an epoch.", _log,
+         needs_data=True,
+         why="Loss is printed every log_interval batches, counted from 0 each epoch: with fewer batches you "
+             "never see a loss line (the seed's 'loss never printed').",
+         example="train_conf:\n  log_interval: 100   # 40 batches per epoch", fix="log_interval: batches / 5."),
+    Rule("CX604", "oversize-utterances", "warning", "Utterances longer than max_frames_in_batch.", _oversize,
+         needs_data=True,
+         why="dynamic_batch puts each of them alone in a batch that exceeds the memory budget you planned for.",
+         example="batch: ... max_frames_in_batch: 400   # a 10 s utterance has 500 frames",
+         fix="Raise max_frames_in_batch or lower filter max_length."),
+    Rule("CX605", "empty-first-batch", "error", "The first batch of an epoch is empty (padding crashes).", _empty_first,
+         needs_data=True,
+         why="If the first sample after shuffle+sort is already over max_frames_in_batch, dynamic_batch yields "
+             "its empty buffer first; padding then fails on an empty list.",
+         example="batch: ... max_frames_in_batch: 100", fix="max_frames_in_batch above the longest utterance."),
+    Rule("CX606", "steps-per-epoch", "warning", "Zero (error) or one optimizer step per epoch.", _steps,
+         needs_data=True,
+         why="Optimizer steps = batches // accum_grad; with tiny data or huge batches a run does almost nothing.",
+         example="train_conf:\n  accum_grad: 8   # 5 batches per epoch", fix="Lower accum_grad or max_frames_in_batch."),
+    Rule("CX607", "data-statistics", "info", "Summary of the data-aware replay (kept, batches, steps).", _stats,
+         needs_data=True, why="The numbers behind the CX6xx checks, for your own sanity check.",
+         example="cosyext lint conf.yaml --data data.list", fix="Nothing to fix."),
+]

@@ -1,0 +1,276 @@
+"""Lint rules CX3xx (model/feature alignment) and CX4xx (the ``cosyext:`` LoRA section)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from cosyvoice_ext.lint import Issue, LintContext, Rule
+from cosyvoice_ext.lint.document import RefError
+from cosyvoice_ext.lint.pipeline import find, stages
+from cosyvoice_ext.lint.yamlpos import YMap, YNode, YScalar
+from cosyvoice_ext.lora.config import MODELS, PRESETS, SCHEMA, LoraConfigError, parse_model_section
+
+COSYEXT_KEYS = (*MODELS, "lint")
+LINT_KEYS = ("select", "ignore")
+
+# Representative module names of CosyVoice2's models (DESIGN.md §7), for a static sanity check of
+# target_modules; `cosyext` resolves targets against the real model at train time.
+_LLM_LEAVES = [f"self_attn.{x}_proj" for x in "qkvo"] + [f"mlp.{x}_proj" for x in ("gate", "up", "down")]
+_FLOW_ENC = [f"encoder.{b}.0.self_attn.linear_{x}" for b in ("encoders", "up_encoders") for x in ("q", "k", "v", "out")]
+_FLOW_EST = [f"decoder.estimator.{b}_blocks.0.1.0.attn1.{x}" for b in ("down", "mid", "up")
+             for x in ("to_q", "to_k", "to_v", "to_out.0")] + ["decoder.estimator.down_blocks.0.1.0.ff.net.2"]
+SAMPLE_MODULES = {
+    "llm": [f"llm.model.model.layers.0.{leaf}" for leaf in _LLM_LEAVES],
+    "flow": _FLOW_ENC + _FLOW_EST,
+}
+
+
+def _feat(ctx: LintContext) -> YNode | None:
+    st = find(stages(ctx.doc, "data_pipeline"), "compute_fbank")
+    node = st.param_node(ctx.doc, "feat_extractor") if st else None
+    try:
+        node = ctx.doc.deref(node) if node is not None else ctx.doc.deref(ctx.doc.node("feat_extractor"))
+    except RefError:
+        return None
+    return node if isinstance(node, YMap) else None
+
+
+def _val(ctx: LintContext, node: YNode | None) -> Any:
+    if node is None:
+        return None
+    try:
+        v = ctx.doc.scalar(node)
+    except RefError:
+        return None
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _rate_pair(ctx: LintContext) -> tuple[Any, Any, YNode | None, YNode | None]:
+    tfr_node = ctx.doc.node("flow", "input_frame_rate") or ctx.doc.node("token_frame_rate")
+    tmr_node = ctx.doc.node("flow", "token_mel_ratio") or ctx.doc.node("token_mel_ratio")
+    return _val(ctx, tfr_node), _val(ctx, tmr_node), tfr_node, tmr_node
+
+
+def _alignment(ctx: LintContext) -> Iterator[Issue]:
+    if "flow" not in ctx.models():
+        return
+    feat = _feat(ctx)
+    if feat is None:
+        return
+    sr, hop = _val(ctx, feat.get("sampling_rate")), _val(ctx, feat.get("hop_size"))
+    tfr, tmr, _, _ = _rate_pair(ctx)
+    if not (sr and hop and tfr and tmr):
+        return
+    if abs(sr / hop - tfr * tmr) > 1e-9:
+        yield Issue(f"mel frame rate {sr:g}/{hop:g} = {sr / hop:g} Hz but token_frame_rate x token_mel_ratio = "
+                    f"{tfr:g} x {tmr:g} = {tfr * tmr:g} Hz: the flow's mel targets and speech tokens drift apart",
+                    at=feat.get("hop_size") or feat, fix=f"hop_size: {sr / (tfr * tmr):g} (CosyVoice2: 24000/480 = 25 x 2)")
+
+
+def _resample(ctx: LintContext) -> Iterator[Issue]:
+    st = find(stages(ctx.doc, "data_pipeline"), "resample")
+    feat = _feat(ctx)
+    if st is None or feat is None:
+        return
+    rate = st.param(ctx.doc, "resample_rate")
+    fsr = _val(ctx, feat.get("sampling_rate"))
+    if isinstance(rate, (int, float)) and fsr and rate != fsr:
+        yield Issue(f"resample_rate {rate:g} differs from feat_extractor sampling_rate {fsr:g}: mels are computed "
+                    "with the wrong filterbank and frame rate", at=st.param_node(ctx.doc, "resample_rate") or st.item,
+                    fix=f"resample_rate: !ref <sample_rate> (= {fsr:g})")
+
+
+def _fbank_ratio(ctx: LintContext) -> Iterator[Issue]:
+    st = find(stages(ctx.doc, "data_pipeline"), "compute_fbank")
+    if st is None or not st.has_param("token_mel_ratio"):
+        return
+    r = st.param(ctx.doc, "token_mel_ratio")
+    _, tmr, _, _ = _rate_pair(ctx)
+    if isinstance(r, (int, float)) and r and tmr and r != tmr:
+        yield Issue(f"compute_fbank token_mel_ratio {r:g} differs from the model's token_mel_ratio {tmr:g}: "
+                    "features are trimmed to the wrong length", at=st.param_node(ctx.doc, "token_mel_ratio"),
+                    fix="token_mel_ratio: !ref <token_mel_ratio>")
+
+
+def _truncate(ctx: LintContext) -> Iterator[Issue]:
+    st = find(stages(ctx.doc, "data_pipeline_gan"), "truncate") or find(stages(ctx.doc, "data_pipeline"), "truncate")
+    feat = _feat(ctx)
+    if st is None or feat is None:
+        return
+    n, hop = st.param(ctx.doc, "truncate_length"), _val(ctx, feat.get("hop_size"))
+    if isinstance(n, int) and hop and n % hop:
+        yield Issue(f"truncate_length {n} is not a multiple of hop_size {hop:g}", at=st.param_node(ctx.doc, "truncate_length")
+                    or st.item, fix=f"truncate_length: {int(n // hop * hop)}")
+
+
+def _hidden(ctx: LintContext) -> Iterator[Issue]:
+    if "llm" not in ctx.models():
+        return
+    qwen = ctx.options.get("qwen_pretrain_path") or ctx.doc.value("qwen_pretrain_path")
+    if not isinstance(qwen, str) or not qwen:
+        return
+    cfg = Path(qwen).expanduser() / "config.json"
+    if not cfg.is_file() and not Path(qwen).is_absolute():
+        cfg = ctx.doc.dir / qwen / "config.json"
+    try:
+        hidden = json.loads(cfg.read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return
+    for key in ("llm_input_size", "llm_output_size"):
+        node = ctx.doc.node("llm", key)
+        v = _val(ctx, node)
+        if isinstance(hidden, int) and v is not None and v != hidden:
+            yield Issue(f"llm.{key} is {v:g} but the Qwen model in {qwen} has hidden_size {hidden}", at=node,
+                        fix=f"{key}: {hidden}")
+
+
+def _section(ctx: LintContext) -> YMap | None:
+    n = ctx.doc.deref(ctx.doc.node("cosyext"))
+    return n if isinstance(n, YMap) else None
+
+
+def _node_for(ctx: LintContext, dotted: str) -> YNode | None:
+    parts: list[Any] = []
+    for p in dotted.split("."):
+        m = re.match(r"^(.*?)((\[\d+\])*)$", p)
+        parts.append(m.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
+    while parts:
+        n = ctx.doc.node(*parts)
+        if n is not None:
+            return n
+        parts.pop()
+    return None
+
+
+def _schema(ctx: LintContext) -> Iterator[Issue]:
+    root_node = ctx.doc.node("cosyext")
+    if root_node is None:
+        return
+    sec = _section(ctx)
+    if sec is None:
+        yield Issue("cosyext: must be a mapping (llm:, flow:, lint:)", at=root_node, fix="cosyext:\n  llm:\n    r: 16")
+        return
+    for model in MODELS:
+        node = ctx.doc.deref(sec.get(model))
+        if node is None or (isinstance(node, YScalar) and node.value is None):
+            continue
+        value = ctx.doc.value("cosyext", model)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in SCHEMA}
+        try:
+            parse_model_section(model, value)
+        except LoraConfigError as exc:
+            yield Issue(str(exc), at=_node_for(ctx, exc.key), fix=f"valid keys: {', '.join(SCHEMA)}")
+    lint = sec.get("lint")
+    if lint is not None:
+        lint = ctx.doc.deref(lint)
+        if not isinstance(lint, YMap):
+            yield Issue("cosyext.lint must be a mapping with select/ignore lists", at=lint)
+            return
+        for k in LINT_KEYS:
+            v = ctx.doc.value("cosyext", "lint", k)
+            ok = v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+            if not ok:
+                yield Issue(f"cosyext.lint.{k} must be a list of rule codes or prefixes (like [CX1, CX203])",
+                            at=lint.get(k), fix=f"{k}: [CX1]")
+
+
+def _unknown(ctx: LintContext) -> Iterator[Issue]:
+    sec = _section(ctx)
+    if sec is None:
+        return
+    checks = [(sec, COSYEXT_KEYS, "cosyext", "warning")]
+    for model in MODELS:
+        n = ctx.doc.deref(sec.get(model))
+        if isinstance(n, YMap):
+            checks.append((n, tuple(SCHEMA), f"cosyext.{model}", "error"))
+    n = ctx.doc.deref(sec.get("lint"))
+    if isinstance(n, YMap):
+        checks.append((n, LINT_KEYS, "cosyext.lint", "error"))
+    for mapping, known, where, sev in checks:
+        for k, _ in mapping.items:
+            if not isinstance(k, YScalar) or k.raw in known:
+                continue
+            close = difflib.get_close_matches(k.raw, known, n=1, cutoff=0.5)
+            if sev == "warning" and not close:
+                continue  # another plugin's key, probably
+            yield Issue(f"unknown key {where}.{k.raw}" + (f"; did you mean '{close[0]}'?" if close else ""),
+                        at=k, severity=sev, fix=f"valid keys: {', '.join(known)}")
+
+
+def _targets(ctx: LintContext) -> Iterator[Issue]:
+    sec = _section(ctx)
+    if sec is None:
+        return
+    for model in MODELS:
+        node = ctx.doc.node("cosyext", model, "target_modules")
+        if node is None:
+            continue
+        v = ctx.doc.value("cosyext", model, "target_modules")
+        samples = SAMPLE_MODULES[model]
+        if isinstance(v, str) and v.strip():
+            regex = PRESETS[model].get(v, v)
+            try:
+                hit = any(re.fullmatch(regex, s) for s in samples)
+            except re.error:
+                continue  # CX401 reports it
+            if not hit:
+                yield Issue(f"target_modules regex {v!r} matches none of the usual {model} attention/MLP Linear "
+                            f"modules (it must match the FULL module name, e.g. {samples[0]})", at=node,
+                            fix=f"use a preset ({', '.join(PRESETS[model])}) or a list of suffixes like [q_proj, v_proj]")
+        elif isinstance(v, list):
+            items = ctx.doc.deref(node)
+            for i, entry in enumerate(v):
+                if isinstance(entry, str) and not any(s == entry or s.endswith("." + entry) for s in samples):
+                    leaves = sorted({s.rsplit(".", 1)[-1] for s in samples})
+                    close = difflib.get_close_matches(entry.rsplit(".", 1)[-1], leaves, n=1, cutoff=0.5)
+                    yield Issue(f"target_modules entry '{entry}' is not a known {model} Linear module name"
+                                + (f"; did you mean '{close[0]}'?" if close else ""),
+                                at=items.items[i] if hasattr(items, "items") and i < len(items.items) else node,
+                                fix=f"{model} targets: {', '.join(leaves)}")
+
+
+RULES = [
+    Rule("CX301", "mel-token-alignment", "error", "Mel frame rate != token_frame_rate x token_mel_ratio (flow).",
+         _alignment,
+         why="The flow upsamples speech tokens by token_mel_ratio to the mel frame rate sample_rate/hop_size; "
+             "if they differ, targets and inputs are misaligned (CosyVoice2: 24000/480 = 50 = 25 x 2).",
+         example="feat_extractor: !name:matcha.utils.audio.mel_spectrogram\n  sampling_rate: 24000\n  hop_size: 256",
+         fix="hop_size = sample_rate / (token_frame_rate x token_mel_ratio)."),
+    Rule("CX302", "resample-vs-feature-rate", "error", "resample_rate differs from feat_extractor's sampling_rate.",
+         _resample,
+         why="Audio is resampled to resample_rate and then analysed as if it were at the feature extractor's rate.",
+         example="resample: !name:cosyvoice.dataset.processor.resample\n  resample_rate: 22050",
+         fix="resample_rate: !ref <sample_rate>."),
+    Rule("CX303", "fbank-token-ratio", "error", "compute_fbank token_mel_ratio differs from the model's.", _fbank_ratio,
+         why="compute_fbank trims features to token_mel_ratio x tokens; a different ratio than the flow uses "
+             "misaligns every sample.",
+         example="compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank\n  token_mel_ratio: 3",
+         fix="token_mel_ratio: !ref <token_mel_ratio>."),
+    Rule("CX304", "truncate-hop", "warning", "truncate_length is not a multiple of hop_size.", _truncate,
+         why="Upstream's own comment: truncated audio must cover whole mel frames.",
+         example="truncate: !name:cosyvoice.dataset.processor.truncate\n  truncate_length: 24100",
+         fix="Round truncate_length down to a multiple of hop_size."),
+    Rule("CX305", "llm-hidden-size", "error", "llm_input_size/llm_output_size differ from the Qwen model's hidden size.",
+         _hidden,
+         why="Qwen2LM projects between the Qwen hidden states and its own embeddings with these sizes; a "
+             "mismatch fails with a shape error at the first batch.",
+         example="llm: !new:cosyvoice.llm.llm.Qwen2LM\n  llm_input_size: 1024   # Qwen2-0.5B has 896",
+         fix="Set both to the Qwen config.json hidden_size."),
+    Rule("CX401", "cosyext-schema", "error", "A value in the cosyext: section has the wrong type or range.", _schema,
+         why="The LoRA plugin validates the same schema at train start; lint finds it before you book a GPU.",
+         example="cosyext:\n  llm:\n    r: 0\n    dropout: 1.5", fix="r: int > 0, alpha > 0, 0 <= dropout < 1, "
+         "target_modules: preset/regex/list, checkpoint_format: adapter|merged."),
+    Rule("CX402", "cosyext-unknown-key", "error", "An unknown key in the cosyext: section (with a suggestion).", _unknown,
+         why="A misspelled LoRA key (rank:, dropuot:) would be refused by the plugin at train start.",
+         example="cosyext:\n  llm:\n    rank: 16", fix="Use the suggested key."),
+    Rule("CX403", "cosyext-targets", "warning", "target_modules names no usual Linear module of the model.", _targets,
+         why="A regex must match the full module name; a list entry must be a module name or dotted suffix. "
+             "cosyext checks against the real model at train time; lint checks typical names early.",
+         example="cosyext:\n  llm:\n    target_modules: [q_prj]", fix="Use a preset or the suggested name."),
+]

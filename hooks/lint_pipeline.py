@@ -1,0 +1,206 @@
+"""Lint rules CX1xx: the data pipeline (filter bounds, stage order, shuffle/sort/batch sizes, memory)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from cosyvoice_ext.lint import Issue, LintContext, Rule
+from cosyvoice_ext.lint import memory_model
+from cosyvoice_ext.lint.pipeline import Stage, find, stages
+
+REQUIRED = ("parquet_opener", "tokenize", "filter", "compute_fbank", "parse_embedding", "batch", "padding")
+# (earlier, later): upstream's stages read fields the earlier one creates
+ORDER = (
+    ("parquet_opener", "tokenize"), ("tokenize", "filter"), ("filter", "resample"), ("resample", "compute_fbank"),
+    ("compute_fbank", "sort"), ("compute_fbank", "batch"), ("shuffle", "sort"), ("sort", "batch"),
+    ("parse_embedding", "padding"), ("batch", "padding"), ("compute_fbank", "compute_f0"),
+)
+
+
+def _num(v) -> float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _at(ctx: LintContext, st: Stage, name: str):
+    return st.param_node(ctx.doc, name) or st.item
+
+
+def _pipelines(ctx: LintContext) -> list[tuple[str, list[Stage]]]:
+    out = []
+    for key in ("data_pipeline", "data_pipeline_gan"):
+        if ctx.model and (key == "data_pipeline_gan") != (ctx.model == "hifigan"):
+            continue
+        st = stages(ctx.doc, key)
+        if st is not None:
+            out.append((key, st))
+    return out
+
+
+def _stage(ctx: LintContext, func: str) -> Stage | None:
+    for _, st in _pipelines(ctx):
+        s = find(st, func)
+        if s is not None:
+            return s
+    return None
+
+
+def _token_bounds(ctx: LintContext) -> Iterator[Issue]:
+    st = _stage(ctx, "filter")
+    if st is None:
+        return
+    hi, lo = _num(st.param(ctx.doc, "token_max_length")), _num(st.param(ctx.doc, "token_min_length"))
+    if hi is not None and hi <= 0:
+        yield Issue(f"filter token_max_length is {hi}: every sample has at least one text token, so the filter "
+                    "drops ALL of them (one epoch becomes a single empty step)", at=_at(ctx, st, "token_max_length"),
+                    fix="set token_max_length to the longest transcript in text tokens, e.g. 200-400")
+    elif hi is not None and lo is not None and hi < lo:
+        yield Issue(f"filter token_max_length ({hi}) < token_min_length ({lo}): no transcript length passes",
+                    at=_at(ctx, st, "token_max_length"), fix="make token_max_length >= token_min_length")
+
+
+def _frame_bounds(ctx: LintContext) -> Iterator[Issue]:
+    st = _stage(ctx, "filter")
+    if st is None:
+        return
+    hi, lo = _num(st.param(ctx.doc, "max_length")), _num(st.param(ctx.doc, "min_length"))
+    if hi is not None and (hi <= 0 or (lo is not None and hi <= lo)):
+        yield Issue(f"filter max_length ({hi}) <= min_length ({lo}) (both in 10 ms frames): every utterance is dropped",
+                    at=_at(ctx, st, "max_length"), fix="e.g. min_length: 100 (1 s), max_length: 40960 (~410 s)")
+    rlo, rhi = _num(st.param(ctx.doc, "min_output_input_ratio")), _num(st.param(ctx.doc, "max_output_input_ratio"))
+    if rlo is not None and rhi is not None and rhi <= rlo:
+        yield Issue(f"filter max_output_input_ratio ({rhi}) <= min_output_input_ratio ({rlo}): every utterance is dropped",
+                    at=_at(ctx, st, "max_output_input_ratio"), fix="use upstream's defaults 0.0005 and 1")
+
+
+def _sort_shuffle(ctx: LintContext) -> Iterator[Issue]:
+    sh, so = _stage(ctx, "shuffle"), _stage(ctx, "sort")
+    if sh is None or so is None:
+        return
+    a, b = _num(so.param(ctx.doc, "sort_size")), _num(sh.param(ctx.doc, "shuffle_size"))
+    if a is not None and b is not None and a > b:
+        yield Issue(f"sort_size ({a}) > shuffle_size ({b}): sort buffers span several shuffle buffers, so "
+                    "batches mix less randomly than intended", at=_at(ctx, so, "sort_size"),
+                    fix=f"use sort_size <= shuffle_size (e.g. sort_size: {int(b)})")
+    for st, name in ((sh, "shuffle_size"), (so, "sort_size")):
+        v = _num(st.param(ctx.doc, name))
+        if v is not None and v < 1:
+            yield Issue(f"{name} is {v}; it must be >= 1", at=_at(ctx, st, name), fix=f"set {name} to e.g. 500")
+
+
+def _order(ctx: LintContext) -> Iterator[Issue]:
+    for key, st in _pipelines(ctx):
+        names = [s.func for s in st]
+        for i, s in enumerate(st):
+            if s.func == "padding" and i != len(st) - 1:
+                yield Issue(f"{key}: padding must be the last stage (Dataset binds gan/dpo to the last entry)",
+                            at=s.item, fix="move padding to the end")
+        if st and st[0].func and st[0].func != "parquet_opener":
+            yield Issue(f"{key}: the first stage must be parquet_opener (it turns data.list entries into samples), "
+                        f"got {st[0].func}", at=st[0].item, fix="start the pipeline with !ref <parquet_opener>")
+        for early, late in ORDER:
+            if early in names and late in names and names.index(early) > names.index(late):
+                s = st[names.index(late)]
+                yield Issue(f"{key}: {late} comes before {early}, but it needs what {early} produces",
+                            at=s.item, fix=f"put {early} before {late} (upstream order: parquet_opener, tokenize, "
+                            "filter, resample, compute_fbank, parse_embedding, shuffle, sort, batch, padding)")
+
+
+def _batch(ctx: LintContext) -> Iterator[Issue]:
+    st = _stage(ctx, "batch")
+    if st is None:
+        return
+    bt = st.param(ctx.doc, "batch_type")
+    if bt not in ("static", "dynamic"):
+        yield Issue(f"batch_type {bt!r} is not 'static' or 'dynamic': upstream logs a fatal message and the "
+                    "pipeline yields nothing", at=_at(ctx, st, "batch_type"), fix="batch_type: 'dynamic'")
+        return
+    name = "max_frames_in_batch" if bt == "dynamic" else "batch_size"
+    v = st.param(ctx.doc, name)
+    if _num(v) is None or v <= 0:
+        yield Issue(f"{name} is {v!r}; it must be a positive number", at=_at(ctx, st, name),
+                    fix=f"{name}: {2500 if bt == 'dynamic' else 16}")
+
+
+def _memory(ctx: LintContext) -> Iterator[Issue]:
+    if not ctx.gpu_memory:
+        return
+    st = _stage(ctx, "batch")
+    if st is None or st.param(ctx.doc, "batch_type") != "dynamic":
+        return
+    frames = _num(st.param(ctx.doc, "max_frames_in_batch"))
+    if frames is None or frames <= 0:
+        return
+    for model in ctx.models() or ("llm",):
+        lora = ctx.doc.node("cosyext", model) is not None
+        est = memory_model.estimate_gib(model, frames, lora)
+        if est is not None and est > ctx.gpu_memory:
+            fit = memory_model.max_frames_fitting(model, ctx.gpu_memory, lora)
+            yield Issue(f"max_frames_in_batch {frames:g} needs roughly {est:.1f} GiB for {model}"
+                        f"{' (LoRA)' if lora else ''} training, more than --gpu-memory {ctx.gpu_memory:g} GiB",
+                        at=_at(ctx, st, "max_frames_in_batch"),
+                        fix=(f"try max_frames_in_batch <= {fit} (rough model, see docs/lint.md)" if fit
+                             else "this card is too small for this model even at tiny batches"))
+
+
+def _required(ctx: LintContext) -> Iterator[Issue]:
+    if ctx.model == "hifigan" or not ctx.models():
+        return
+    root = ctx.doc.root
+    st = stages(ctx.doc, "data_pipeline")
+    if st is None:
+        yield Issue("no data_pipeline list: upstream's Dataset needs one", at=root.key_node("data_pipeline") or root.start,
+                    fix="add data_pipeline: [!ref <parquet_opener>, !ref <tokenize>, ...]")
+        return
+    for s in st:
+        if not s.func:
+            yield Issue("data_pipeline entry is not a processor function (expected a !ref to a "
+                        "!name:cosyvoice.dataset.processor.* key)", at=s.item, fix="reference a processor key")
+    names = {s.func for s in st}
+    missing = [f for f in REQUIRED if f not in names]
+    if missing:
+        yield Issue(f"data_pipeline lacks {', '.join(missing)}", at=root.key_node("data_pipeline"),
+                    fix="use upstream's pipeline: parquet_opener, tokenize, filter, resample, compute_fbank, "
+                        "parse_embedding, shuffle, sort, batch, padding")
+
+
+RULES = [
+    Rule("CX101", "token-filter-bounds", "error", "The filter's text-token bounds drop every sample.", _token_bounds,
+         why="filter() compares the number of TEXT tokens (from the Qwen tokenizer) with token_min_length/"
+             "token_max_length. With token_max_length: 0 nothing survives, an epoch is one empty step and "
+             "no loss is ever printed: the seed's lost days.",
+         example="filter: !name:cosyvoice.dataset.processor.filter\n  token_max_length: 0",
+         fix="token_max_length: 400 and token_min_length: 1 (measure your transcripts with --data)."),
+    Rule("CX102", "frame-filter-bounds", "error", "The filter's length or ratio bounds drop every sample.", _frame_bounds,
+         why="max_length/min_length are in 10 ms frames; if max <= min (or the ratio bounds cross) no "
+             "utterance passes.",
+         example="filter: !name:cosyvoice.dataset.processor.filter\n  max_length: 100\n  min_length: 100",
+         fix="min_length: 100, max_length: 40960."),
+    Rule("CX103", "sort-vs-shuffle", "warning", "sort_size larger than shuffle_size (or a size < 1).", _sort_shuffle,
+         why="sort() should work inside one shuffle buffer (upstream's own comment); larger sort buffers make "
+             "batch composition less random.",
+         example="shuffle: !name:cosyvoice.dataset.processor.shuffle\n  shuffle_size: 100\n"
+                 "sort: !name:cosyvoice.dataset.processor.sort\n  sort_size: 500",
+         fix="sort_size <= shuffle_size."),
+    Rule("CX104", "pipeline-order", "error", "Pipeline stages are out of order.", _order,
+         why="Each processor reads fields an earlier one adds (filter needs text_token from tokenize, sort and "
+             "batch need speech_feat from compute_fbank); padding must be last because Dataset binds gan/dpo "
+             "to the last entry. Out of order it fails with a KeyError or AssertionError inside the data loader.",
+         example="data_pipeline: [!ref <parquet_opener>, !ref <tokenize>, !ref <filter>, !ref <resample>, "
+                 "!ref <compute_fbank>, !ref <parse_embedding>, !ref <shuffle>, !ref <batch>, !ref <sort>, !ref <padding>]",
+         fix="Use upstream's order."),
+    Rule("CX105", "batch-settings", "error", "batch_type unknown or a non-positive batch size.", _batch,
+         why="An unknown batch_type makes upstream's batch() return None (a crash inside the DataLoader); "
+             "max_frames_in_batch <= 0 puts every utterance in its own batch after an empty one.",
+         example="batch: !name:cosyvoice.dataset.processor.batch\n  batch_type: dynamc",
+         fix="batch_type: 'dynamic' with max_frames_in_batch: 2500 (or 'static' with batch_size)."),
+    Rule("CX106", "batch-vs-gpu-memory", "warning", "max_frames_in_batch likely does not fit --gpu-memory.", _memory,
+         why="An out-of-memory error shows up only at the longest batch, possibly hours into the run.",
+         example="# cosyext lint --gpu-memory 16\nbatch: !name:cosyvoice.dataset.processor.batch\n"
+                 "  batch_type: dynamic\n  max_frames_in_batch: 6000",
+         fix="Lower max_frames_in_batch to the suggested value (rough linear model, see docs/lint.md)."),
+    Rule("CX107", "pipeline-stages", "error", "data_pipeline is missing or lacks a required stage.", _required,
+         why="Without parquet_opener/tokenize/filter/compute_fbank/parse_embedding/batch/padding the model's "
+             "forward gets samples without the fields it reads.",
+         example="data_pipeline: [!ref <parquet_opener>, !ref <tokenize>, !ref <batch>, !ref <padding>]",
+         fix="Use upstream's full pipeline."),
+]
