@@ -1,85 +1,164 @@
-"""`cosyext demo`: the whole patch-and-train loop on an embedded tiny default, on CPU.
+"""`cosyext demo`: the whole workflow on an embedded tiny default, on CPU, in a few minutes.
 
-Vendors upstream (offline from PyPI unless told otherwise), applies the patch series, generates a
-tiny Qwen2 model, tiny parquet data and base checkpoints, then runs the stock train.py under
-torchrun for the LLM and the flow and prints the loss lines it logged.
+vendor upstream (offline from PyPI unless told otherwise) -> apply the patch series -> generate
+tiny recordings (wav + txt) and a tiny Qwen2 -> `cosyext prepare` (stand-in ONNX feature models)
+-> `cosyext lint` with the data -> train LLM and flow LoRA with the stock train.py under torchrun
+-> `cosyext plot` -> `cosyext export --serve` -> a summary table.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-LOSS = re.compile(r"(TRAIN Batch \S+ loss \S+|Epoch \d+ Step \d+ CV info.*)")
+LOSS = re.compile(r" INFO (TRAIN Batch (\d+)/(\d+) loss (\S+)|Epoch \d+ Step \d+ CV info.*)")
+LORA_SECTION = """\
+cosyext:
+  llm: {r: 8, alpha: 16, dropout: 0.0}
+  flow: {r: 8, alpha: 16, dropout: 0.0}
+  early_stop: {patience: 3, min_delta: 0.0}
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="vendor, patch and train a tiny model with torchrun on CPU (a few minutes)",
+    p = sub.add_parser("demo", help="the whole workflow on a tiny embedded default with torchrun on CPU (minutes)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  cosyext demo --workdir /tmp/cosyext-demo\n"
-                       "  cosyext demo --workdir /tmp/d --source github --models llm")
+                       epilog="examples:\n  cosyext demo --workdir /tmp/cosyext-demo\n"
+                       "  cosyext demo --workdir /tmp/d --source github --models llm --epochs 3")
     p.add_argument("--workdir", type=Path, default=Path("cosyext-demo"), help="everything is written here")
     p.add_argument("--source", default="pypi", help="where upstream comes from (see 'cosyext vendor --help')")
     p.add_argument("--models", default="llm,flow", help="comma-separated: llm, flow")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--utterances", type=int, default=40, help="tiny recordings to generate")
     p.set_defaults(func=run)
 
 
 def _step(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
+    print(f"\n==> {msg}", flush=True)
+
+
+def _cli(*argv: str) -> int:
+    from ..cli import main
+
+    return main(list(argv))
+
+
+def _train(cmd: list[str], env: dict, log_path: Path) -> tuple[int, list[float], int]:
+    """Run torchrun, echo the loss lines, return (exit code, train losses, batches in the last epoch)."""
+    losses, per_epoch = [], {}
+    with log_path.open("w") as log, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            m = LOSS.search(line)
+            if m:
+                print("   ", m.group(1).strip()[:110], flush=True)
+                if m.group(2) is not None:
+                    losses.append(float(m.group(4)))
+                    per_epoch[int(m.group(2))] = int(m.group(3))
+    return proc.returncode, losses, max(per_epoch.values()) if per_epoch else 0
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     from .. import lockfile, patching, sources
     from ..errors import EnvironmentProblem, UsageError
-    from ..tiny.workspace import make_workspace, train_command, train_env
+    from ..prepare.pipeline import PrepareOptions, prepare
+    from ..prepare.standin import make_pretrained_standin
+    from ..tiny.config import make_base_checkpoint, write_tiny_config
+    from ..tiny.data import write_recordings
+    from ..tiny.qwen import make_tiny_qwen
+    from ..tiny.workspace import Workspace, train_command, train_env, upstream_on_path
 
+    warnings.filterwarnings("ignore")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - {"llm", "flow"}:
         raise UsageError(f"--models takes llm and/or flow, got {args.models!r}", hint="cosyext demo --models llm,flow")
     work = args.workdir.expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     lock = lockfile.load()
     upstream = work / "CosyVoice"
     if upstream.exists():
         _step(f"upstream already at {upstream}")
     else:
-        _step(f"vendor upstream {lock.upstream_commit[:12]} from {args.source}")
+        _step(f"cosyext vendor {upstream} --source {args.source}")
         print(sources.vendor(upstream, args.source, lock))
-    _step("apply the patch series")
+    _step(f"cosyext apply-patches --upstream {upstream}")
     print(patching.apply_series(upstream, lock, patching.read_series()).message)
-    _step("generate a tiny Qwen2 model, tiny parquet data and base checkpoints")
-    ws = make_workspace(work / "tiny", max_epoch=args.epochs, upstream=upstream)
-    summary = []
+
+    _step(f"generate {args.utterances} tiny recordings (wav + txt), a tiny Qwen2 and stand-in feature models")
+    for stale in ("recordings", "data", "exp", "serve"):
+        shutil.rmtree(work / stale, ignore_errors=True)
+    recordings = write_recordings(work / "recordings", args.utterances, seed=0)
+    pretrained = make_pretrained_standin(work / "pretrained")
+    qwen = make_tiny_qwen(pretrained / "CosyVoice-BlankEN")
+    print(f"recordings in {recordings}; pretrained stand-in in {pretrained}")
+
+    _step(f"cosyext prepare {recordings} {work / 'data'} --pretrained {pretrained}")
+    prep = prepare(PrepareOptions(src=recordings, dest=work / "data", pretrained=pretrained, cv_ratio=0.2,
+                                  seed=0, progress=False))
+    print(f"train {prep.utts.get('train', 0)} / cv {prep.utts.get('cv', 0)} utterances, {len(prep.skipped)} skipped")
+
+    config = write_tiny_config(work / "ext.yaml", qwen, max_epoch=args.epochs, lr=0.01, max_frames_in_batch=600,
+                               extra=LORA_SECTION)
+    _step(f"cosyext lint {config} --data {prep.train_list}")
+    for model in models:
+        _cli("lint", str(config), "--data", str(prep.train_list), "--model", model, "--exit-zero")
+
+    with upstream_on_path(upstream):
+        base = {m: make_base_checkpoint(config, m, pretrained / f"{m}.pt") for m in ("llm", "flow")}
+    shutil.copy(config, pretrained / "cosyvoice2.yaml")
+    import torch
+
+    torch.save({}, pretrained / "hift.pt")  # the vocoder is not trained here; a placeholder keeps the dir complete
+    ws = Workspace(root=work, qwen_dir=qwen, config=config, train_list=prep.train_list, cv_list=prep.cv_list,
+                   llm_ckpt=base["llm"], flow_ckpt=base["flow"])
+
+    rows = []
     for model in models:
         model_dir = work / "exp" / model
-        cmd = train_command(ws, upstream, model, model_dir, checkpoint=getattr(ws, f"{model}_ckpt"))
-        _step(f"train {model} with the stock train.py: torchrun --nproc_per_node=1 {upstream}/cosyvoice/bin/train.py ...")
+        _step(f"torchrun --nproc_per_node=1 {upstream}/cosyvoice/bin/train.py --config {config.name} --model {model} "
+              "... (LoRA from the cosyext: section)")
         start = time.monotonic()
-        log_path = work / f"train_{model}.log"
-        with log_path.open("w") as log, subprocess.Popen(cmd, env=train_env(upstream), stdout=subprocess.PIPE,
-                                                         stderr=subprocess.STDOUT, text=True) as proc:
-            losses = []
-            for line in proc.stdout:
-                log.write(line)
-                m = LOSS.search(line)
-                if m and " INFO " in line:
-                    print("   ", m.group(1).strip(), flush=True)
-                    if m.group(1).startswith("TRAIN"):
-                        losses.append(float(m.group(1).split()[-1]))
-        if proc.returncode != 0:
-            raise EnvironmentProblem(f"training {model} failed (exit {proc.returncode}); full log: {log_path}",
-                                     hint=f"tail -50 {log_path}")
-        ckpts = sorted(model_dir.glob("epoch_*_whole.pt"))
-        summary.append((model, len(losses), losses[0] if losses else float("nan"),
-                        losses[-1] if losses else float("nan"), time.monotonic() - start, ckpts[-1] if ckpts else None))
-    print()
-    print(f"{'model':6} {'loss lines':>10} {'first':>8} {'last':>8} {'seconds':>8}  checkpoint")
-    for model, n, first, last, secs, ckpt in summary:
-        print(f"{model:6} {n:>10} {first:>8.3f} {last:>8.3f} {secs:>8.1f}  {ckpt}")
-    print(f"\nlogs and outputs under {work}", file=sys.stderr)
+        code, losses, batches = _train(train_command(ws, upstream, model, model_dir, checkpoint=base[model]),
+                                       train_env(upstream), work / f"train_{model}.log")
+        if code != 0:
+            raise EnvironmentProblem(f"training {model} failed (exit {code}); log: {work / f'train_{model}.log'}",
+                                     hint=f"tail -50 {work / f'train_{model}.log'}")
+        ckpts = sorted(model_dir.glob("epoch_*_whole.pt"), key=lambda p: int(p.name.split("_")[1]))
+        rows.append({"model": model, "batches": batches, "steps": len(losses), "first": losses[0] if losses else None,
+                     "last": losses[-1] if losses else None, "adapter": ckpts[-1].stat().st_size,
+                     "base": base[model].stat().st_size, "seconds": time.monotonic() - start})
+
+    plot = work / "loss.png"
+    _step(f"cosyext plot {' '.join(str(work / 'exp' / m) for m in models)} -o {plot}")
+    _cli("plot", *(str(work / "exp" / m) for m in models), "-o", str(plot))
+
+    serve_dir = work / "serve" / "demo_voice"
+    for model in models:
+        _step(f"cosyext export --model {model} --run exp/{model} --serve {pretrained} -o {serve_dir}")
+        rc = _cli("export", "--model", model, "--run", str(work / "exp" / model), "--config", str(config),
+                  "--qwen-pretrain-path", str(qwen), "--upstream", str(upstream), "--serve", str(pretrained),
+                  "--speaker-data", str(prep.train_list), "--speaker-name", "demo_voice",
+                  "--description", "cosyext demo voice", "-o", str(serve_dir))
+        if rc != 0:
+            raise EnvironmentProblem(f"export of {model} failed", hint="rerun with cosyext -v demo for details")
+
+    print(f"\n{'model':6} {'samples':>7} {'batches/ep':>10} {'steps':>5} {'first loss':>10} {'last loss':>10} "
+          f"{'adapter':>10} {'base ckpt':>10} {'train s':>7}")
+    for r in rows:
+        print(f"{r['model']:6} {prep.utts.get('train', 0):>7} {r['batches']:>10} {r['steps']:>5} "
+              f"{r['first'] or float('nan'):>10.3f} {r['last'] or float('nan'):>10.3f} "
+              f"{r['adapter'] / 1024:>8.0f}KB {r['base'] / 1024:>8.0f}KB {r['seconds']:>7.1f}")
+    exported = sorted(p.name for p in serve_dir.iterdir() if not p.is_symlink())
+    print(f"\nexported (merged, stock-loadable): {serve_dir}: {', '.join(exported)} (+ pretrained files linked)")
+    print(f"loss plot: {plot}")
+    print(f"total {time.monotonic() - t0:.0f} s; everything is under {work}")
     return 0
