@@ -20,3 +20,9 @@ def all_rules() -> list:
 def cosyext_register_lint_rules(register: Callable[..., None]) -> None:
     for rule in all_rules():
         register(rule)
+
+
+@hookimpl
+def cosyext_section_keys() -> list[str]:
+    """`cosyext: {lint: {select: [...], ignore: [...]}}` belongs to the linter."""
+    return ["lint"]

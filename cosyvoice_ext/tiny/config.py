@@ -163,8 +163,7 @@ train_conf:
     optim_conf:
         lr: {lr}
     scheduler: {scheduler}
-    scheduler_conf:
-        warmup_steps: {warmup_steps}
+    scheduler_conf: {scheduler_conf}
     max_epoch: {max_epoch}
     grad_clip: 5
     accum_grad: {accum_grad}
@@ -197,7 +196,9 @@ def render_tiny_config(qwen_dir: Path, *, max_epoch: int = 2, log_interval: int 
     text = _TEMPLATE.format(
         seed=int(seed), qwen_dir=_quoted(qwen_dir), max_epoch=int(max_epoch), log_interval=int(log_interval),
         accum_grad=int(accum_grad), max_frames_in_batch=int(max_frames_in_batch), lr=_decimal(lr),
-        scheduler=scheduler, warmup_steps=int(warmup_steps), min_length=int(min_length),
+        scheduler=scheduler, min_length=int(min_length),
+        # constantlr takes no arguments: a warmup_steps there crashes the DeepSpeed path (lint CX203)
+        scheduler_conf="{}" if scheduler == "constantlr" else f"{{warmup_steps: {int(warmup_steps)}}}",
         token_max_length=int(token_max_length), shuffle_size=int(shuffle_size), sort_size=int(sort_size),
     )
     if extra:
