@@ -65,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.serve and (args.speaker_data or args.speaker or args.speaker_name or args.copy):
         raise UsageError("--speaker-data/--speaker/--speaker-name/--copy only apply with --serve PRETRAINED_DIR")
-    out = Path(args.output)
+    out = args.output  # a str: a trailing '/' means "a directory", which Path would drop
     if args.serve:
         from .. import serve
 
         pretrained = Path(args.serve).expanduser().resolve()
         serve.check_pretrained(pretrained)
+        out = Path(out)
         if out.resolve() == pretrained:
             raise UsageError("-o must be a new model directory, not the pretrained one (it is never modified)")
         if args.speaker_data:  # validate before the slow merge
