@@ -152,6 +152,14 @@ def test_resume_from_an_adapter_continues_exactly(ws, upstream_tree, runs, tmp_p
     assert f"start step {stopped['step']} start epoch 0" in res.log
     assert re.search(r"resumed \d+ LoRA and 0 modules_to_save tensors", res.log)
     assert {int(m.group(1)) for m in LOSS_LINE.finditer(res.log)} == {1}  # only epoch 1 is left
+    # the resumed losses continue from where training stopped, not from the base model's loss
+    _, first_log = runs("llm")
+    original = [(int(m.group(1)), float(m.group(3))) for m in LOSS_LINE.finditer(first_log)]
+    resumed = [float(m.group(3)) for m in LOSS_LINE.finditer(res.log)]
+    from_base = original[0][1]
+    where_it_stopped = [loss for epoch, loss in original if epoch == 0][-1]
+    assert abs(resumed[0] - where_it_stopped) < abs(resumed[0] - from_base), (resumed[0], where_it_stopped, from_base)
+    assert sum(resumed) / len(resumed) < sum(l for e, l in original if e == 0) / len([e for e, _ in original if e == 0])
     start = checkpoints.load(again / "init.pt")  # saved by train.py after our prepare_model
     assert (start["step"], start["epoch"]) == (stopped["step"], 0)
     assert start["lora"].keys() == stopped["lora"].keys()

@@ -159,7 +159,11 @@ def build_corpus(data_list: Path, token_path: str, use_cache: bool = True) -> tu
     readable = [s for s in sources if s and Path(s).is_file()]
     # pyarrow releases the GIL while it reads: shards in parallel cut the cold (un-indexed) run
     with ThreadPoolExecutor(max_workers=max(1, min(len(readable), os.cpu_count() or 1, 8))) as pool:
-        loaded = dict(zip(readable, pool.map(lambda s: load_shard(Path(s), use_cache), readable)))
+        from tqdm import tqdm  # a bar only on a terminal (disable=None): cold reads of big data take a while
+
+        it = pool.map(lambda s: load_shard(Path(s), use_cache), readable)
+        loaded = dict(zip(readable, tqdm(it, total=len(readable), desc="lint: reading shard lengths", unit="shard",
+                                         disable=None, leave=False)))
     for src in sources:
         if src not in loaded:
             unreadable.append(src)
