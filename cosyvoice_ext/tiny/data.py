@@ -124,21 +124,6 @@ def _rows(n_utts: int, *, seed: int, min_sec: float, max_sec: float, sample_rate
     return rows
 
 
-def _schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        ("utt", pa.string()),
-        ("wav", pa.string()),
-        ("audio_data", pa.binary()),
-        ("text", pa.string()),
-        ("spk", pa.string()),
-        ("utt_embedding", pa.list_(pa.float32())),
-        ("spk_embedding", pa.list_(pa.float32())),
-        ("speech_token", pa.list_(pa.int64())),
-    ])
-
-
 def _split(n_utts: int, shards: int, shard_sizes: list[int] | None) -> list[int]:
     if shard_sizes is not None:
         if sum(shard_sizes) != n_utts or any(k < 0 for k in shard_sizes):
@@ -162,6 +147,8 @@ def write_parquet_dataset(dest: Path, n_utts: int, *, shards: int = 1, seed: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..prepare.shards import schema as upstream_schema
+
     dest = Path(dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     sizes = _split(n_utts, shards, shard_sizes)
@@ -171,7 +158,7 @@ def write_parquet_dataset(dest: Path, n_utts: int, *, shards: int = 1, seed: int
     for k, size in enumerate(sizes):
         chunk = rows[start:start + size]
         start += size
-        table = pa.Table.from_pylist(chunk, schema=_schema())
+        table = pa.Table.from_pylist(chunk, schema=upstream_schema())
         path = dest / f"{utt_prefix}_{k:04d}.parquet"
         pq.write_table(table, path)
         paths.append(path)
