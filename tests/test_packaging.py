@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("dist")
+    # build from a copy: an in-tree build leaves *.egg-info behind, whose stale entry points would shadow the
+    # installed ones for every later import of importlib.metadata run from the checkout
+    src = tmp_path_factory.mktemp("src") / "cosyvoice-ext"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info",
+                                                                            "build", "cosyext-demo"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     return zipfile.ZipFile(next(out.glob("cosyvoice_ext-*.whl")))
 
 
@@ -36,5 +42,5 @@ def test_wheel_declares_plugins_and_console_script(wheel):
     meta = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
     text = wheel.read(meta).decode()
     assert "cosyext = cosyvoice_ext.cli:main" in text
-    for plugin in ("lora", "early_stop", "lint_rules"):
+    for plugin in ("lora", "early_stop", "lint_rules", "memory"):
         assert f"{plugin} = cosyvoice_ext.hooks." in text

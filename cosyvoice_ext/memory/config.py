@@ -1,0 +1,95 @@
+"""The ``cosyext.memory`` section of a training config: schema, defaults, validation.
+
+Pure Python (no torch) so lint and the memory model can read a config they never execute.
+Errors are :class:`MemoryConfigError` with ``key`` set to the dotted path of the bad key.
+
+Example::
+
+    cosyext:
+      memory:
+        gradient_checkpointing: true   # Qwen2 LLM: recompute each decoder layer in backward
+        autocast: bf16                 # bf16 | fp16 | off
+        skip_unused_logits: true       # do not compute Qwen2's 151,936-way logits nobody reads
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+
+SECTION = "cosyext"
+KEY = "memory"
+AUTOCAST_MODES = ("off", "bf16", "fp16")
+
+SCHEMA: dict[str, str] = {
+    "gradient_checkpointing": "true/false: recompute the Qwen2 LLM's decoder layers in backward (LLM only)",
+    "autocast": "bf16, fp16 or off: mixed-precision forward (CPU: bf16; CUDA: bf16 if supported, fp16 with --use_amp)",
+    "skip_unused_logits": "true/false: run Qwen2 without its vocabulary head, whose logits upstream discards (LLM only)",
+}
+
+
+class MemoryConfigError(ConfigError):
+    """A bad value in ``cosyext.memory``; ``key`` is its dotted path (for lint positions)."""
+
+    def __init__(self, key: str, message: str, hint: str | None = None) -> None:
+        super().__init__(f"{key}: {message}", hint=hint or "see docs/memory.md for the cosyext.memory section")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The memory levers, validated. The defaults are upstream's behaviour."""
+
+    gradient_checkpointing: bool = False
+    autocast: str = "off"
+    skip_unused_logits: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.gradient_checkpointing or self.autocast != "off" or self.skip_unused_logits
+
+    def describe(self) -> str:
+        on = [k for k in ("gradient_checkpointing", "skip_unused_logits") if getattr(self, k)]
+        if self.autocast != "off":
+            on.append(f"autocast={self.autocast}")
+        return ", ".join(on) or "none"
+
+
+def parse_memory_section(configs: Mapping[str, Any]) -> MemorySettings:
+    """The levers of a loaded (or only parsed) config; all off when there is no ``cosyext.memory``."""
+    section = configs.get(SECTION) if isinstance(configs, Mapping) else None
+    if not isinstance(section, Mapping):
+        return MemorySettings()  # a non-mapping cosyext: is the LoRA parser's to report
+    value = section.get(KEY)
+    prefix = f"{SECTION}.{KEY}"
+    if value is None:
+        return MemorySettings()
+    if not isinstance(value, Mapping):
+        raise MemoryConfigError(prefix, f"must be a mapping with keys {', '.join(SCHEMA)}, got {type(value).__name__}")
+    for key in value:
+        if key not in SCHEMA:
+            close = difflib.get_close_matches(str(key), SCHEMA, n=1, cutoff=0.5)
+            guess = f"did you mean '{close[0]}'? " if close else ""
+            raise MemoryConfigError(f"{prefix}.{key}", f"unknown key; {guess}valid keys: {', '.join(SCHEMA)}")
+    kw: dict[str, Any] = {}
+    for key in ("gradient_checkpointing", "skip_unused_logits"):
+        if key in value:
+            v = value[key]
+            if not isinstance(v, bool):
+                raise MemoryConfigError(f"{prefix}.{key}", f"must be true or false, got {v!r}")
+            kw[key] = v
+    if "autocast" in value:
+        kw["autocast"] = _autocast(f"{prefix}.autocast", value["autocast"])
+    return MemorySettings(**kw)
+
+
+def _autocast(key: str, v: Any) -> str:
+    # YAML 1.1 readers (PyYAML) turn an unquoted `off` into False; accept it as what the user wrote
+    if v is False or v is None:
+        return "off"
+    if isinstance(v, str) and v.lower() in AUTOCAST_MODES:
+        return v.lower()
+    raise MemoryConfigError(key, f"must be one of {', '.join(AUTOCAST_MODES)}, got {v!r}")
