@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterator
 
 from cosyvoice_ext.lint import Issue, LintContext, Rule
-from cosyvoice_ext.lint import memory_model
 from cosyvoice_ext.lint.pipeline import Stage, find, stages
 
 REQUIRED = ("parquet_opener", "tokenize", "filter", "compute_fbank", "parse_embedding", "batch", "padding")
@@ -130,15 +129,28 @@ def _memory(ctx: LintContext) -> Iterator[Issue]:
     frames = _num(st.param(ctx.doc, "max_frames_in_batch"))
     if frames is None or frames <= 0:
         return
+    from cosyvoice_ext.errors import ConfigError
+    from cosyvoice_ext.memory.config import parse_memory_section
+    from cosyvoice_ext.memory.model import estimate_peak_gib, max_frames_fitting
+
+    try:  # the levers the run will use change the estimate (measured model, BENCHMARKS.md)
+        mem = parse_memory_section({"cosyext": {"memory": ctx.doc.value("cosyext", "memory", default=None)}})
+        levers = dict(gradient_checkpointing=mem.gradient_checkpointing, autocast=mem.autocast,
+                      skip_unused_logits=mem.skip_unused_logits)
+    except (ConfigError, TypeError, ValueError):
+        levers = {}
     for model in ctx.models() or ("llm",):
         lora = ctx.doc.node("cosyext", model) is not None
-        est = memory_model.estimate_gib(model, frames, lora)
-        if est is not None and est > ctx.gpu_memory:
-            fit = memory_model.max_frames_fitting(model, ctx.gpu_memory, lora)
+        est = estimate_peak_gib(model, frames, lora=lora, **levers)
+        if est > ctx.gpu_memory:
+            fit = max_frames_fitting(model, ctx.gpu_memory, lora=lora, **levers)
+            on = [k for k, v in levers.items() if v and v != "off"]
             yield Issue(f"max_frames_in_batch {frames:g} needs roughly {est:.1f} GiB for {model}"
-                        f"{' (LoRA)' if lora else ''} training, more than --gpu-memory {ctx.gpu_memory:g} GiB",
+                        f"{' (LoRA)' if lora else ''} training{' with ' + ', '.join(on) if on else ''}, "
+                        f"more than --gpu-memory {ctx.gpu_memory:g} GiB",
                         at=_at(ctx, st, "max_frames_in_batch"),
-                        fix=(f"try max_frames_in_batch <= {fit} (rough model, see docs/lint.md)" if fit
+                        fix=(f"try max_frames_in_batch <= {fit}, or enable cosyext.memory levers "
+                             "(measured model, see BENCHMARKS.md)" if fit
                              else "this card is too small for this model even at tiny batches"))
 
 
