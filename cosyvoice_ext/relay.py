@@ -24,6 +24,7 @@ def configure(args: Any, configs: dict) -> dict:
     """After upstream loaded and adjusted the config: plugins validate their settings."""
     _state["args"], _state["configs"] = args, configs
     pm = get_manager()
+    check_section_keys(configs, pm)
     pm.hook.cosyext_configure(configs=configs, args=args)
     return configs
 
