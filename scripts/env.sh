@@ -33,5 +33,10 @@ if [ ! -f "$venv/.complete" ]; then
   DS_BUILD_OPS=0 "${pip[@]}" install --no-build-isolation -r "$here/requirements/deepspeed.txt" >&2
   touch "$venv/.complete"
 fi
-"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps --no-build-isolation -e "$here" >&2
+# this checkout into the env (seconds); setuptools' deprecation chatter is shown only if the install fails
+if ! out=$("$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps --no-build-isolation -e "$here" 2>&1); then
+  echo "$out" >&2
+  log "installing $here into $venv failed (see above)"
+  exit 2
+fi
 echo "$venv/bin/python"
