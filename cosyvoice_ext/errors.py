@@ -42,7 +42,14 @@ class PluginError(CosyextError):
 
 
 class ConfigError(CosyextError):
-    """The `cosyext:` section of a training config is invalid."""
+    """The `cosyext:` section of a training config is invalid.
+
+    ``key`` is the dotted path of the bad key when known, so lint can point at its line.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message, hint=hint)
+        self.key = key
 
 
 class CheckpointError(CosyextError):

@@ -40,8 +40,7 @@ class LoraConfigError(ConfigError):
     """A bad value in the ``cosyext:`` section; ``key`` is its dotted path (for lint positions)."""
 
     def __init__(self, key: str, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{key}: {message}", hint=hint or "see docs/lora.md for the cosyext: section")
-        self.key = key
+        super().__init__(message, hint=hint or "see docs/lora.md for the cosyext: section", key=key)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,7 @@ class MemoryConfigError(ConfigError):
     """A bad value in ``cosyext.memory``; ``key`` is its dotted path (for lint positions)."""
 
     def __init__(self, key: str, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{key}: {message}", hint=hint or "see docs/memory.md for the cosyext.memory section")
-        self.key = key
+        super().__init__(message, hint=hint or "see docs/memory.md for the cosyext.memory section", key=key)
 
 
 @dataclass(frozen=True)
