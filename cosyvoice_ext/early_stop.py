@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .config_keys import reject_unknown_keys
 from .errors import ConfigError
 
 KEY = "early_stop"
@@ -32,9 +33,7 @@ def parse_settings(configs: Mapping[str, Any]) -> Settings | None:
     where = f"cosyext.{KEY}"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping like {{patience: 5, min_delta: 0.001}}")
-    unknown = set(raw) - {"patience", "min_delta", "metric"}
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key; valid keys: patience, min_delta, metric")
+    reject_unknown_keys(raw, ("patience", "min_delta", "metric"), where, lambda key, msg: ConfigError(msg, key=key))
     patience = raw.get("patience")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
         raise ConfigError(f"{where}.patience: must be an integer >= 1, got {patience!r}")

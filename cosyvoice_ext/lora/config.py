@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from ..config_keys import reject_unknown_keys
 from ..errors import ConfigError
 
 SECTION = "cosyext"
@@ -119,11 +120,7 @@ def parse_model_section(model: str, value: Any, prefix: str | None = None) -> Lo
         raise LoraConfigError(prefix, f"LoRA is supported for {', '.join(MODELS)}, not '{model}'")
     if not isinstance(value, Mapping):
         raise LoraConfigError(prefix, f"must be a mapping of LoRA settings, got {type(value).__name__}")
-    for key in value:
-        if key not in SCHEMA:
-            close = difflib.get_close_matches(str(key), SCHEMA, n=1, cutoff=0.5)
-            guess = f"did you mean '{close[0]}'? " if close else ""
-            raise LoraConfigError(f"{prefix}.{key}", f"unknown key; {guess}valid keys: {', '.join(SCHEMA)}")
+    reject_unknown_keys(value, SCHEMA, prefix, LoraConfigError)
     kw: dict[str, Any] = {"model": model}
     if "r" in value:
         r = value["r"]

@@ -14,10 +14,10 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..config_keys import reject_unknown_keys
 from ..errors import ConfigError
 
 SECTION = "cosyext"
@@ -68,11 +68,7 @@ def parse_memory_section(configs: Mapping[str, Any]) -> MemorySettings:
         return MemorySettings()
     if not isinstance(value, Mapping):
         raise MemoryConfigError(prefix, f"must be a mapping with keys {', '.join(SCHEMA)}, got {type(value).__name__}")
-    for key in value:
-        if key not in SCHEMA:
-            close = difflib.get_close_matches(str(key), SCHEMA, n=1, cutoff=0.5)
-            guess = f"did you mean '{close[0]}'? " if close else ""
-            raise MemoryConfigError(f"{prefix}.{key}", f"unknown key; {guess}valid keys: {', '.join(SCHEMA)}")
+    reject_unknown_keys(value, SCHEMA, prefix, MemoryConfigError)
     kw: dict[str, Any] = {}
     for key in ("gradient_checkpointing", "skip_unused_logits"):
         if key in value:
