@@ -16,12 +16,15 @@ from typing import Any
 from .state import write_atomic
 
 COLUMNS = ("utt", "wav", "audio_data", "text", "spk", "utt_embedding", "spk_embedding", "speech_token")
+#: CosyVoice3 data (upstream ace7c47) also carries the instruct text every sample is conditioned on
+INSTRUCT = "instruct"
 
 
-def schema():
+def schema(instruct: bool = False):
+    """Upstream's parquet columns; `instruct` adds CosyVoice3's `instruct` string column at the end."""
     import pyarrow as pa
 
-    return pa.schema([
+    fields = [
         ("utt", pa.string()),
         ("wav", pa.string()),
         ("audio_data", pa.binary()),
@@ -30,7 +33,10 @@ def schema():
         ("utt_embedding", pa.list_(pa.float32())),
         ("spk_embedding", pa.list_(pa.float32())),
         ("speech_token", pa.list_(pa.int64())),
-    ])
+    ]
+    if instruct:
+        fields.append((INSTRUCT, pa.string()))
+    return pa.schema(fields)
 
 
 def shard_paths(parquet_dir: Path, index: int) -> tuple[Path, Path, Path]:
@@ -46,7 +52,7 @@ def write_shard(rows: list[dict[str, Any]], parquet_dir: Path, index: int) -> Pa
 
     parquet_dir.mkdir(parents=True, exist_ok=True)
     parquet, utt_json, spk_json = shard_paths(parquet_dir, index)
-    table = pa.Table.from_pylist(rows, schema=schema())
+    table = pa.Table.from_pylist(rows, schema=schema(instruct=bool(rows) and INSTRUCT in rows[0]))
     tmp = parquet.with_name(f".{parquet.name}.tmp")
     pq.write_table(table, tmp)
     with open(tmp, "rb") as f:
