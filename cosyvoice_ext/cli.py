@@ -17,9 +17,10 @@ from .errors import CosyextError
 
 # name -> module under cosyvoice_ext.commands; order is the order shown in --help
 COMMAND_MODULES = (
-    "vendor",
+    "vendor_cmd",
     "patch_cmds",
     "lock_cmd",
+    "rebase_cmd",
     "plugins_cmd",
     "lint_cmd",
     "export_cmd",

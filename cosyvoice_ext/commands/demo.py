@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="examples:\n  cosyext demo --workdir /tmp/cosyext-demo\n"
                        "  cosyext demo --workdir /tmp/d --source github --models llm --epochs 3")
     p.add_argument("--workdir", type=Path, default=Path("cosyext-demo"), help="everything is written here")
-    p.add_argument("--source", default="pypi", help="where upstream comes from (see 'cosyext vendor --help')")
+    p.add_argument("--source", default=None, help="where upstream comes from (see 'cosyext vendor --help'; default: "
+                   "$COSYEXT_UPSTREAM_MIRROR, else the checkout's ../shared/upstream, else GitHub)")
+    p.add_argument("--rev", default=None, help="supported upstream commit (default: the newest)")
     p.add_argument("--models", default="llm,flow", help="comma-separated: llm, flow")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--utterances", type=int, default=40, help="tiny recordings to generate")
@@ -67,7 +69,7 @@ def _train(cmd: list[str], env: dict, log_path: Path) -> tuple[int, list[float],
 def run(args: argparse.Namespace) -> int:
     import warnings
 
-    from .. import lockfile, patching, sources
+    from ..upstream import lockfile, mirror, patching, sources
     from ..errors import EnvironmentProblem, UsageError
     from ..prepare.pipeline import PrepareOptions, prepare
     from ..prepare.standin import make_pretrained_standin
@@ -88,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if upstream.exists():
         _step(f"upstream already at {upstream}")
     else:
-        _step(f"cosyext vendor {upstream} --source {args.source}")
-        print(sources.vendor(upstream, args.source, lock))
+        source = args.source or mirror.default_source()
+        _step(f"cosyext vendor {upstream} --source {source}")
+        print(sources.vendor(upstream, source, lock, rev=args.rev))
     _step(f"cosyext apply-patches --upstream {upstream}")
-    print(patching.apply_series(upstream, lock, patching.read_series()).message)
+    print(patching.apply_series(upstream, lock).message)
 
     _step(f"generate {args.utterances} tiny recordings (wav + txt), a tiny Qwen2 and stand-in feature models")
     for stale in ("recordings", "data", "exp", "serve"):

@@ -1,4 +1,5 @@
-"""`cosyext apply-patches`, `cosyext status`, `cosyext revert`: the patch series on an upstream tree."""
+"""`cosyext apply-patches`, `cosyext status`, `cosyext revert`: a supported commit's patch series on an
+upstream tree. Which series applies is decided by recognising the tree's commit by content."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from ._common import add_upstream_arg, upstream_root
 def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("apply-patches", help="apply the versioned patch series (atomic, idempotent, verified)",
-                       description="Verify every locked upstream file, then apply patches/series in order, all or "
-                       "nothing. Running it again says 'already applied'.",
+                       description="Recognise which supported upstream commit the tree is at (by content), verify "
+                       "every locked file, then apply that commit's patch series in order, all or nothing. Running "
+                       "it again says 'already applied'.",
                        epilog="example:\n  cosyext apply-patches --upstream ~/CosyVoice\n"
                        "  cosyext apply-patches --upstream ~/CosyVoice --check   # dry run", formatter_class=fmt)
     add_upstream_arg(p)
     p.add_argument("--check", action="store_true", help="only verify that the series applies; change nothing")
     p.add_argument("--allow-drift", action="store_true",
-                   help="proceed when locked files the patches do not touch differ from the pin (they are listed)")
+                   help="proceed when locked files the patches do not touch differ (they are listed)")
     p.set_defaults(func=run_apply)
 
-    s = sub.add_parser("status", help="pristine / patched / drifted state of each locked upstream file",
+    s = sub.add_parser("status", help="which supported commit a tree is at, and each locked file's state",
                        epilog="example:\n  cosyext status --upstream ~/CosyVoice --all", formatter_class=fmt)
     add_upstream_arg(s)
     s.add_argument("--all", action="store_true", help="list every locked file, not only patched and drifted ones")
@@ -35,18 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
-    from .. import lockfile, patching
+    from ..upstream import lockfile
 
-    return upstream_root(args), lockfile.load(args.lock), patching.read_series()
+    return upstream_root(args), lockfile.load(args.lock)
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from .. import patching
-    from ..tree import describe_origin
+    from ..upstream import patching
 
-    root, lock, patches = _load(args)
-    print(f"upstream: {root} ({describe_origin(root, lock)})")
-    out = patching.apply_series(root, lock, patches, check=args.check, allow_drift=args.allow_drift)
+    root, lock = _load(args)
+    t = patching.target(root, lock, allow_drift=args.allow_drift)
+    print(f"upstream: {root} ({t.recognition.origin()})")
+    out = patching.apply_series(root, lock, check=args.check, allow_drift=args.allow_drift, t=t)
     print(out.message)
     for name in out.changed:
         print(f"  patched {name}")
@@ -54,37 +56,55 @@ def run_apply(args: argparse.Namespace) -> int:
 
 
 def run_revert(args: argparse.Namespace) -> int:
-    from .. import patching
+    from ..upstream import patching
 
-    root, lock, patches = _load(args)
-    out = patching.revert_series(root, lock, patches)
-    print(out.message)
+    root, lock = _load(args)
+    print(patching.revert_series(root, lock).message)
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from .. import applied
-    from ..tree import State, classify, describe_origin
+    from ..upstream import applied, patching
+    from ..upstream.tree import State, differing, recognise, unsupported_error
 
-    root, lock, patches = _load(args)
-    states = classify(root, lock, applied.read(root))
+    root, lock = _load(args)
+    rec = recognise(root, lock, applied.read(root))
+    commit = rec.commit or rec.nearest
+    states = rec.states
     counts = {s.value: sum(1 for x in states if x.state is s) for s in State}
+    supported = rec.commit is not None
     if args.format == "json":
-        print(json.dumps({"upstream": str(root), "origin": describe_origin(root, lock), "counts": counts,
+        print(json.dumps({"upstream": str(root), "origin": rec.origin(), "supported": supported,
+                          "commit": rec.commit.commit if supported else None,
+                          "name": rec.commit.name if supported else None,
+                          "nearest": {"name": rec.nearest.name, "commit": rec.nearest.commit,
+                                      "differing": len(differing(states))},
+                          "head": rec.head, "counts": counts,
                           "files": {x.path: x.state.value for x in states}}, indent=2))
     else:
-        print(f"upstream: {root} ({describe_origin(root, lock)})")
+        print(f"upstream: {root} ({rec.origin()})")
+        if not supported:
+            print(f"file states against the nearest supported commit {commit.label}:")
         for x in states:
             if args.all or x.state is not State.PRISTINE:
                 print(f"  {x.state.value:9} {x.path}")
         print(", ".join(f"{n} {k}" for k, n in counts.items()))
-        if counts["drifted"] or counts["missing"]:
-            print("drifted files were edited or come from another upstream commit: "
-                  f"'git -C {root} diff' shows how; apply-patches refuses to touch the tree until they match")
+        if not supported:
+            print(str(unsupported_error(rec, lock)))
+        elif counts["drifted"] or counts["missing"]:
+            print(f"drifted files were edited since upstream {commit.label}: apply-patches refuses to touch the "
+                  "tree until they match" + (f" ('git -C {root} diff' shows how)" if rec.head else ""))
         elif counts["patched-older"]:
             print(f"patched by an older cosyvoice-ext series; next: cosyext apply-patches --upstream {root} (upgrades it)")
         elif counts["patched"]:
-            print(f"patch series applied ({len(patches)} patches)")
+            series = patching.series_for(commit)
+            touched = patching.touched_files(series)
+            done = [x.path for x in states if x.state is State.PATCHED]
+            if sorted(done) != touched:
+                print(f"PARTLY patched: {len(done)} of the {len(touched)} files the series touches; "
+                      f"next: cosyext revert --upstream {root}, then apply-patches again")
+                return 1
+            print(f"patch series applied ({len(series)} patches for {commit.label})")
         else:
-            print(f"pristine upstream; next: cosyext apply-patches --upstream {root}")
-    return 1 if counts["drifted"] or counts["missing"] else 0
+            print(f"pristine upstream {commit.label}; next: cosyext apply-patches --upstream {root}")
+    return 1 if not supported or counts["drifted"] or counts["missing"] else 0

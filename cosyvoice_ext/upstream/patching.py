@@ -1,5 +1,9 @@
-"""The patch engine: apply `patches/series` to an upstream tree atomically and idempotently,
-report per-file state, and revert to pristine upstream without ever losing a user's edits.
+"""The patch engine: apply a supported commit's patch series to an upstream tree atomically and
+idempotently, report per-file state, and revert to pristine upstream without ever losing a user's edits.
+
+Series are stored per supported commit: `patches/<name>/series` plus its `NNNN-slug.patch` files
+(DEP-3 headers), where `<name>` is the lock entry's `patches` folder. Which series applies to a tree
+is decided by recognising the tree's commit (`tree.recognise`), never by asking the user.
 
 Patches are applied with real `git apply` in a private staging directory holding copies of the
 touched files; the tree itself is only written after the whole series applied there and every
@@ -16,11 +20,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..errors import LockError, PatchConflict, VerificationError
 from . import applied, pin
 from .applied import Record
-from .errors import LockError, PatchConflict, VerificationError
-from .lockfile import Lock
-from .tree import FileState, State, classify
+from .lockfile import Commit, Lock
+from .tree import FileState, Recognition, State, classify, recognise, unsupported_error
 
 _DIFF_TARGET = re.compile(r"^\+\+\+ b/(\S+)", re.M)
 
@@ -42,13 +46,22 @@ class Patch:
         return sorted(set(_DIFF_TARGET.findall(self.text)))
 
 
-def default_patches_dir() -> Path:
+def patches_root() -> Path:
+    """The installed `patches/` folder (one sub-folder per supported commit)."""
     return Path(str(resources.files("cosyvoice_ext.patches")))
 
 
-def read_series(patches_dir: Path | None = None) -> list[Patch]:
+def series_dir(commit: Commit, root: Path | None = None) -> Path:
+    return (root or patches_root()) / commit.patches_dir
+
+
+def series_for(commit: Commit, root: Path | None = None) -> list[Patch]:
+    """The patch series of a supported commit, in apply order."""
+    return read_series(series_dir(commit, root))
+
+
+def read_series(patches_dir: Path) -> list[Patch]:
     """Patches in `series` order; a listed file that does not exist is an error, not a skip."""
-    patches_dir = patches_dir or default_patches_dir()
     series = patches_dir / "series"
     if not series.is_file():
         raise LockError(f"{series} does not exist", hint="reinstall cosyvoice-ext")
@@ -68,15 +81,15 @@ def touched_files(patches: list[Patch]) -> list[str]:
     return sorted({f for p in patches for f in p.touched()})
 
 
-def check_lock_matches_series(lock: Lock, patches: list[Patch]) -> None:
+def check_lock_matches_series(commit: Commit, patches: list[Patch]) -> None:
     """Refuse to work with patches that differ from the ones the lock was generated for."""
-    want = [(p["name"], p["sha256"]) for p in lock.patches]
+    want = [(p["name"], p["sha256"]) for p in commit.series]
     have = [(p.name, p.sha256) for p in patches]
     if want != have:
         changed = sorted({n for n, _ in set(want) ^ set(have)})
         raise LockError(
-            "patches/ does not match vendor.lock (changed, added, removed or reordered: "
-            + ", ".join(changed or ["order"]) + ")",
+            f"patches/{commit.patches_dir} does not match vendor.lock for {commit.label} (changed, added, removed "
+            "or reordered: " + ", ".join(changed or ["order"]) + ")",
             hint="regenerate the lock with 'cosyext lock' and commit both",
         )
 
@@ -118,17 +131,49 @@ def read_files(root: Path, files) -> dict[str, bytes]:
 def write_atomically(root: Path, contents: dict[str, bytes]) -> None:
     """Replace each file by rename so a crash leaves either the old or the new bytes."""
     for rel, data in contents.items():
-        target = root / rel
-        tmp = target.with_name(f".{target.name}.cosyext-tmp")
+        dest = root / rel
+        tmp = dest.with_name(f".{dest.name}.cosyext-tmp")
         tmp.write_bytes(data)
-        shutil.copymode(target, tmp)
-        os.replace(tmp, target)
+        shutil.copymode(dest, tmp)
+        os.replace(tmp, dest)
 
 
 @dataclass
 class Outcome:
     message: str
     changed: list[str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A tree, the supported commit it is at, and that commit's series."""
+
+    root: Path
+    recognition: Recognition
+    commit: Commit
+    patches: list[Patch]
+
+
+def target(root: Path, lock: Lock, *, allow_drift: bool = False, patches_dir: Path | None = None) -> Target:
+    """Recognise which supported commit `root` is at and load that commit's series.
+
+    With `allow_drift`, a tree at no supported commit is treated as its nearest one, so files the
+    series does not touch may differ (they are listed); touched files are still checked later.
+    """
+    record = applied.read(root)
+    rec = recognise(root, lock, record)
+    commit = rec.commit
+    if commit is None:
+        if not allow_drift:
+            raise unsupported_error(rec, lock)
+        commit = rec.nearest
+    patches = series_for(commit, patches_dir)
+    check_lock_matches_series(commit, patches)
+    unknown = [f for f in touched_files(patches) if f not in commit.files]
+    if unknown:
+        raise LockError(f"patches/{commit.patches_dir} touches files vendor.lock does not lock for {commit.label}: "
+                        f"{', '.join(unknown)}", hint="regenerate the lock with 'cosyext lock'")
+    return Target(root, rec, commit, patches)
 
 
 def _partition(states: list[FileState]) -> dict[State, list[str]]:
@@ -138,101 +183,109 @@ def _partition(states: list[FileState]) -> dict[State, list[str]]:
     return by
 
 
-def _refuse_bad_tree(root: Path, by: dict[State, list[str]], allow_drift: bool, files: list[str]) -> None:
+def _restore_hint(root: Path) -> str:
+    """How to get upstream's copy of a file back: git only where the tree is a git checkout."""
+    if (root / ".git").exists():
+        return f"restore them with 'git -C {root} checkout -- <file>'"
+    return "restore them from upstream (or re-vendor a clean tree with 'cosyext vendor DIR')"
+
+
+def _refuse_bad_tree(t: Target, by: dict[State, list[str]], allow_drift: bool, files: list[str]) -> None:
+    root, commit = t.root, t.commit
     if by[State.MISSING]:
         raise VerificationError(
-            f"{len(by[State.MISSING])} locked upstream file(s) missing under {root}: "
+            f"{len(by[State.MISSING])} file(s) of upstream {commit.label} missing under {root}: "
             + ", ".join(by[State.MISSING][:8]) + (" ..." if len(by[State.MISSING]) > 8 else ""),
-            hint=f"is {root} an upstream CosyVoice checkout? get one with 'cosyext vendor DIR'",
+            hint=f"get a complete tree with 'cosyext vendor DIR --rev {commit.name}'",
         )
     drifted = by[State.DRIFTED]
     blocking = drifted if not allow_drift else [f for f in drifted if f in files]
     if blocking:
         raise PatchConflict(
-            "these upstream files differ from both the pinned and the patched version (local edits or another "
-            "upstream commit), so nothing was changed:\n" + "\n".join(f"  {f}" for f in blocking),
-            hint=f"keep your edits elsewhere, then restore them with 'git -C {root} checkout -- <file>'"
+            f"these files differ from both upstream {commit.label} and its patched version (local edits), "
+            "so nothing was changed:\n" + "\n".join(f"  {f}" for f in blocking),
+            hint=f"keep your edits elsewhere, then {_restore_hint(root)}"
             + ("" if allow_drift else "; or pass --allow-drift if they are not files the patches touch"),
         )
 
 
-def _unapply_older(root: Path, lock: Lock, record: Record | None, by: dict[State, list[str]]) -> dict[str, bytes]:
+def _unapply_older(t: Target, record: Record | None, by: dict[State, list[str]]) -> dict[str, bytes]:
     """Pristine contents of the files an older series patched (reversed from the record's copies)."""
-    older = by[State.PATCHED_OLDER]
-    if not older:
+    if not by[State.PATCHED_OLDER]:
         return {}
     assert record is not None
     files = sorted(record.patched)
-    pristine = stage_series(read_files(root, files), [Patch(n, p) for n, p in zip(record.names, record.paths)],
-                            root, reverse=True)
-    bad = [f for f, data in pristine.items() if not lock.files[f].matches(data)]
+    pristine = stage_series(read_files(t.root, files), [Patch(n, p) for n, p in zip(record.names, record.paths)],
+                            t.root, reverse=True)
+    bad = [f for f, data in pristine.items() if f not in t.commit.files or not t.commit.files[f].matches(data)]
     if bad:
         raise PatchConflict(f"undoing the older patch series did not give pristine upstream for {', '.join(bad)}",
-                            hint=f"re-vendor a clean tree with 'cosyext vendor DIR' (nothing was written to {root})")
+                            hint=f"re-vendor a clean tree with 'cosyext vendor DIR' (nothing was written to {t.root})")
     return pristine
 
 
-def apply_series(root: Path, lock: Lock, patches: list[Patch], check: bool = False,
-                 allow_drift: bool = False) -> Outcome:
-    """Verify the tree, then apply the whole series or nothing (upgrading an older series in place)."""
-    check_lock_matches_series(lock, patches)
+def apply_series(root: Path, lock: Lock, check: bool = False, allow_drift: bool = False,
+                 patches_dir: Path | None = None, t: Target | None = None) -> Outcome:
+    """Recognise the tree's commit, verify it, then apply that commit's whole series or nothing
+    (upgrading a series applied by an older cosyvoice-ext in place). `t`: an already made `target()`."""
+    t = t or target(root, lock, allow_drift=allow_drift, patches_dir=patches_dir)
+    commit, patches = t.commit, t.patches
     files = touched_files(patches)
-    unknown = [f for f in files if f not in lock.files]
-    if unknown:
-        raise LockError(f"patches touch files vendor.lock does not pin: {', '.join(unknown)}",
-                        hint="regenerate the lock with 'cosyext lock'")
     record = applied.read(root)
-    by = _partition(classify(root, lock, record))
-    _refuse_bad_tree(root, by, allow_drift, files)
+    by = _partition(classify(root, commit, record))
+    _refuse_bad_tree(t, by, allow_drift, files)
     patched = [f for f in files if f in by[State.PATCHED]]
+    what = f"{len(patches)} patches for upstream {commit.label}"
     if len(patched) == len(files) and not by[State.PATCHED_OLDER]:
-        return Outcome(f"already applied: {len(patches)} patches, {len(files)} file(s) patched in {root}", [])
+        return Outcome(f"already applied: {what}, {len(files)} file(s) patched in {root}", [])
     if patched and not by[State.PATCHED_OLDER]:
         raise PatchConflict(f"the series is partly applied in {root} ({', '.join(patched)} patched, others not)",
                             hint=f"run 'cosyext revert --upstream {root}' and then apply again")
     base = read_files(root, files)
-    reverted = _unapply_older(root, lock, record, by)
+    reverted = _unapply_older(t, record, by)
     base.update({f: d for f, d in reverted.items() if f in base})
     staged = stage_series(base, patches, root)
-    stale = [f for f, data in staged.items() if f not in lock.patched or not lock.patched[f].matches(data)]
+    stale = [f for f, data in staged.items() if f not in commit.patched or not commit.patched[f].matches(data)]
     if stale:
         raise LockError(f"patched result of {', '.join(stale)} does not match vendor.lock",
                         hint="regenerate the lock with 'cosyext lock' after changing patches")
     upgrade = f" (replacing an older series of {len(record.names)} patches)" if reverted else ""
     if check:
-        return Outcome(f"check passed: {len(patches)} patches apply cleanly to {len(files)} file(s) in {root}{upgrade}", [])
+        return Outcome(f"check passed: {what} apply cleanly to {len(files)} file(s) in {root}{upgrade}", [])
     writes = {**{f: d for f, d in reverted.items() if f not in staged}, **staged}
     write_atomically(root, writes)
-    applied.write(root, patches, staged, lock.upstream_commit)
-    return Outcome(f"applied {len(patches)} patches to {len(files)} file(s) in {root}{upgrade}", sorted(writes))
+    applied.write(root, patches, staged, commit.commit)
+    return Outcome(f"applied {what} to {len(files)} file(s) in {root}{upgrade}", sorted(writes))
 
 
-def revert_series(root: Path, lock: Lock, patches: list[Patch]) -> Outcome:
+def revert_series(root: Path, lock: Lock, patches_dir: Path | None = None) -> Outcome:
     """Restore pristine upstream for every patched file; refuse if any touched file was edited."""
-    check_lock_matches_series(lock, patches)
+    t = target(root, lock, allow_drift=False, patches_dir=patches_dir)
+    commit, patches = t.commit, t.patches
     files = touched_files(patches)
     record = applied.read(root)
-    by = _partition(classify(root, lock, record))
+    by = _partition(classify(root, commit, record))
     older_files = sorted(record.patched) if record and by[State.PATCHED_OLDER] else []
-    _refuse_bad_tree(root, by, allow_drift=True, files=sorted(set(files) | set(older_files)))
+    _refuse_bad_tree(t, by, allow_drift=True, files=sorted(set(files) | set(older_files)))
     if older_files:
-        restored = _unapply_older(root, lock, record, by)
+        restored = _unapply_older(t, record, by)
         write_atomically(root, restored)
         applied.remove(root)
         return Outcome(f"reverted an older series of {len(record.names)} patches: "
-                       f"{len(restored)} file(s) restored to pristine upstream", sorted(restored))
+                       f"{len(restored)} file(s) restored to pristine upstream {commit.label}", sorted(restored))
     patched = [f for f in files if f in by[State.PATCHED]]
     if not patched:
         applied.remove(root)
-        return Outcome(f"nothing to revert: {root} is pristine upstream", [])
+        return Outcome(f"nothing to revert: {root} is pristine upstream {commit.label}", [])
     if len(patched) != len(files):
         raise PatchConflict(f"only part of the series is applied in {root}: {', '.join(patched)}",
-                            hint=f"restore those files with 'git -C {root} checkout -- <file>' or re-vendor")
+                            hint=f"{_restore_hint(root)}, then revert again")
     staged = stage_series(read_files(root, files), patches, root, reverse=True)
-    bad = [f for f, data in staged.items() if not lock.files[f].matches(data)]
+    bad = [f for f, data in staged.items() if not commit.files[f].matches(data)]
     if bad:
         raise VerificationError(f"reverting did not give pristine upstream for {', '.join(bad)}; nothing was written",
-                                hint="re-vendor with 'cosyext vendor DIR'")
+                                hint=f"re-vendor with 'cosyext vendor DIR --rev {commit.name}'")
     write_atomically(root, staged)
     applied.remove(root)
-    return Outcome(f"reverted {len(patches)} patches: {len(files)} file(s) restored to pristine upstream", sorted(staged))
+    return Outcome(f"reverted {len(patches)} patches: {len(files)} file(s) restored to pristine upstream "
+                   f"{commit.label}", sorted(staged))

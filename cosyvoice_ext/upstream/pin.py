@@ -1,16 +1,12 @@
-"""Where upstream comes from. The hashes themselves live in vendor.lock (generated, verified)."""
+"""Content identities of upstream files. Which commits, URLs and packages are pinned lives only in
+vendor.lock (generated, verified); this module only knows how to hash and where the submodule sits."""
 
 from __future__ import annotations
 
 import hashlib
 
-UPSTREAM_URL = "https://github.com/FunAudioLLM/CosyVoice.git"
+#: where upstream's Matcha-TTS submodule lives in a CosyVoice checkout (the wheel has `matcha/` at its top)
 MATCHA_PATH = "third_party/Matcha-TTS"
-MATCHA_URL = "https://github.com/shivammehta25/Matcha-TTS.git"
-
-#: The PyPI wheel that redistributes upstream's training code byte-for-byte at the pin.
-PYPI_NAME = "cosyvoice-minicpmo"
-PYPI_VERSION = "0.1.0"
 
 
 def wheel_path_for(upstream_path: str) -> str:

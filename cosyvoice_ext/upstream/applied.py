@@ -20,6 +20,7 @@ class Record:
     names: list[str]
     paths: list[Path]
     patched: dict[str, str]  # file -> sha256 of the patched result
+    commit: str = ""  # the upstream commit the series was applied to
 
 
 def read(root: Path) -> Record | None:
@@ -30,14 +31,14 @@ def read(root: Path) -> Record | None:
         paths = [d / n for n in names]
         if not all(p.is_file() and pin.sha256(p.read_bytes()) == e["sha256"] for p, e in zip(paths, doc["patches"])):
             return None
-        return Record(names, paths, dict(doc["patched"]))
+        return Record(names, paths, dict(doc["patched"]), str(doc.get("upstream_commit", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def write(root: Path, patches: list, results: dict[str, bytes], upstream_commit: str) -> None:
     """Replace the record in one rename so it always describes a whole series."""
-    from . import __version__
+    from .. import __version__
 
     parent = root / RECORD_DIR.parent
     parent.mkdir(exist_ok=True)
