@@ -394,9 +394,12 @@ def _finish(workdir: Path, state: State) -> Result:
             text = _refresh_header(headers[subject], state.last_update) + _diff(repo, c + "~1", c)
             (staging / subject).write_text(text, encoding="utf-8")
             names.append(subject)
+        replayed = sum(1 for t in state.todo if "commit" in t and t["name"] in names)
+        added = "; the rest were written for this commit" if replayed < len(names) else ""
         series = (f"# Patch series for upstream {state.name} ({state.onto[:12]}), applied in this order by "
-                  f"`cosyext apply-patches`.\n# Written by `cosyext rebase --from {state.from_name}`; "
-                  "one concern per patch (DEP-3 headers).\n") + "".join(f"{n}\n" for n in names)
+                  "`cosyext apply-patches`; one concern per patch (DEP-3 headers).\n"
+                  f"# `cosyext rebase --from {state.from_name}` wrote the first {replayed} from that series{added}.\n"
+                  ) + "".join(f"{n}\n" for n in names)
         (staging / "series").write_text(series, encoding="utf-8")
         resolutions = {n: state.resolved[n] for n in names if n in state.resolved}
         if resolutions:
