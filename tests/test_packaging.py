@@ -31,8 +31,9 @@ def test_wheel_has_every_module_and_data_file(wheel):
     expected = {f"cosyvoice_ext/{p.relative_to(ROOT / 'cosyvoice_ext')}" for p in (ROOT / "cosyvoice_ext").rglob("*.py")
                 if "__pycache__" not in p.parts}
     expected |= {f"cosyvoice_ext/hooks/{p.name}" for p in (ROOT / "hooks").glob("*.py")}
-    expected |= {f"cosyvoice_ext/patches/{p.name}" for p in (ROOT / "patches").iterdir()
-                 if p.suffix == ".patch" or p.name in ("series", "vendor.lock")}
+    expected |= {f"cosyvoice_ext/patches/{p.relative_to(ROOT / 'patches')}" for p in (ROOT / "patches").rglob("*")
+                 if p.suffix in (".patch", ".diff") or p.name in ("series", "vendor.lock")}
+    assert any(n.endswith("/resolutions/0007-training-without-inference-imports.patch.diff") for n in expected)
     assert expected - names == set(), "pyproject.toml [tool.setuptools] packages misses these"
     lock = wheel.read("cosyvoice_ext/patches/vendor.lock")
     assert lock == (ROOT / "vendor.lock").read_bytes()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosyvoice_ext import pin
+from cosyvoice_ext.upstream import pin
 
 pytestmark = [pytest.mark.slow, pytest.mark.upstream]
 

@@ -1,34 +1,104 @@
-"""`cosyext vendor`: every source verified file by file before DEST is written."""
+"""`cosyext vendor`: any supported commit from any source, verified file by file before DEST is written."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import zipfile
+from pathlib import Path
 
 import git
 import pytest
 
-from cosyvoice_ext import pin, sources
 from cosyvoice_ext.cli import main
 from cosyvoice_ext.errors import UsageError, VerificationError
-from cosyvoice_ext.tree import describe_origin
+from cosyvoice_ext.upstream import mirror, pin, sources
+from cosyvoice_ext.upstream.tree import recognise
+from tests.conftest import MAIN, PIN
 from tests.helpers import run_cosyext, tree_digest
+
+
+@pytest.fixture
+def bundle_dir(upstream_source) -> Path:
+    """The mirror folder holding CosyVoice.bundle and Matcha-TTS.bundle."""
+    folder = Path(upstream_source)
+    if mirror.find_repo(folder, mirror.COSYVOICE) is None:
+        pytest.fail(f"these tests need an offline mirror folder; {upstream_source!r} is not one "
+                    f"(set ${mirror.MIRROR_ENV})", pytrace=False)
+    return folder
+
+
+def test_default_is_the_newest_supported_commit_from_a_bundle_file(bundle_dir, lock, tmp_path, capsys):
+    dest = tmp_path / "CosyVoice"
+    bundle = mirror.find_repo(bundle_dir, mirror.COSYVOICE)
+    assert main(["vendor", str(dest), "--source", str(bundle)]) == 0  # Matcha-TTS.bundle beside it is found
+    newest = lock.newest
+    out = capsys.readouterr().out
+    assert f"vendored upstream {newest.label}" in out and f"{len(newest.files)} locked files verified" in out
+    assert git.Repo(dest).head.commit.hexsha == newest.commit
+    for rel, h in newest.files.items():
+        assert pin.git_blob_id((dest / rel).read_bytes()) == h.blob, rel
+    assert (dest / "third_party/Matcha-TTS/matcha/utils/audio.py").is_file()
+    assert recognise(dest, lock).commit is newest
+
+
+@pytest.mark.parametrize("rev_of", [lambda c: c.name, lambda c: c.commit[:8]])
+def test_rev_by_name_or_hash_prefix_from_a_mirror_folder(bundle_dir, lock, tmp_path, rev_of):
+    old = lock.resolve(PIN)
+    dest = tmp_path / "CosyVoice"
+    assert main(["vendor", str(dest), "--source", str(bundle_dir), "--rev", rev_of(old)]) == 0
+    assert git.Repo(dest).head.commit.hexsha == old.commit
+    assert recognise(dest, lock).commit is old
+
+
+def test_mirror_env_is_the_default_source(bundle_dir, lock, tmp_path):
+    import os
+
+    env = {**os.environ, mirror.MIRROR_ENV: str(bundle_dir)}
+    res = run_cosyext("vendor", str(tmp_path / "up"), env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"from mirror folder {bundle_dir}" in res.stdout
+
+
+def test_unknown_rev_lists_the_supported_ones(tmp_path, lock):
+    res = run_cosyext("vendor", str(tmp_path / "up"), "--rev", "deadbeef")
+    assert res.returncode == 2
+    assert "not a supported upstream commit" in res.stderr and lock.resolve(PIN).name in res.stderr
+    assert "cosyext rebase" in res.stderr and not (tmp_path / "up").exists()
+
+
+def test_list_shows_commits_newest_first(lock):
+    res = run_cosyext("vendor", "--list")
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(lock.newest.name) and "(default)" in lines[0]
+    assert "cosyvoice3" in lines[0] and "PyPI" in lines[1]
 
 
 def test_vendor_from_wheel_file(pypi_wheel, lock, tmp_path, capsys):
     dest = tmp_path / "CosyVoice"
-    assert main(["vendor", str(dest), "--source", str(pypi_wheel)]) == 0
-    assert f"{len(lock.files)} locked files verified" in capsys.readouterr().out
-    for rel, h in lock.files.items():
+    old = lock.resolve(PIN)
+    assert main(["vendor", str(dest), "--source", str(pypi_wheel), "--rev", PIN]) == 0
+    assert f"{len(old.files)} locked files verified" in capsys.readouterr().out
+    for rel, h in old.files.items():
         assert pin.git_blob_id((dest / rel).read_bytes()) == h.blob, rel
     assert (dest / "third_party/Matcha-TTS/matcha/utils/audio.py").is_file()
     assert oct(dest.stat().st_mode & 0o777) != oct(0o700)
+    assert recognise(dest, lock).commit is old  # a plain tree, recognised by content
 
 
-def test_vendor_from_pypi_by_name(tmp_path):
-    res = run_cosyext("vendor", str(tmp_path / "up"), "--source", "pypi")
+def test_vendor_from_pypi_by_name(tmp_path, lock):
+    res = run_cosyext("vendor", str(tmp_path / "up"), "--source", "pypi", "--rev", PIN)
     assert res.returncode == 0, res.stderr
-    assert "PyPI cosyvoice-minicpmo==0.1.0" in res.stdout and "next: cosyext apply-patches" in res.stdout
+    pypi = lock.resolve(PIN).pypi
+    assert f"PyPI {pypi['name']}=={pypi['version']}" in res.stdout and "next: cosyext apply-patches" in res.stdout
+
+
+def test_pypi_for_a_commit_no_wheel_carries_says_so(tmp_path, lock):
+    res = run_cosyext("vendor", str(tmp_path / "up"), "--source", "pypi")  # default: the newest commit
+    assert res.returncode == 2
+    assert f"no PyPI package carries upstream {lock.newest.label}" in res.stderr and "next:" in res.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tampered_wheel_is_refused_and_dest_untouched(pypi_wheel, tmp_path):
@@ -39,7 +109,7 @@ def test_tampered_wheel_is_refused_and_dest_untouched(pypi_wheel, tmp_path):
             if item.filename == "cosyvoice/llm/llm.py":
                 data = data.replace(b"import torch", b"import torch  # tampered", 1)
             dst.writestr(item, data)
-    res = run_cosyext("vendor", str(tmp_path / "dest"), "--source", str(bad))
+    res = run_cosyext("vendor", str(tmp_path / "dest"), "--source", str(bad), "--rev", PIN)
     assert res.returncode == 1
     assert "sha256" in res.stderr and "next:" in res.stderr
     assert not (tmp_path / "dest").exists()
@@ -48,13 +118,12 @@ def test_tampered_wheel_is_refused_and_dest_untouched(pypi_wheel, tmp_path):
 
 def test_directory_source_with_an_edited_file_is_refused(pristine_tree, lock, tmp_path):
     src = tmp_path / "mirror"
-    shutil.copytree(pristine_tree, src)
+    shutil.copytree(pristine_tree, src, symlinks=True, ignore=shutil.ignore_patterns(".git"))
     (src / "cosyvoice/dataset/processor.py").write_text("# changed\n")
     dest = tmp_path / "dest"
     dest.mkdir()
-    (dest.parent / "keep").write_text("x")
     with pytest.raises(VerificationError, match="differs: cosyvoice/dataset/processor.py"):
-        sources.vendor(dest, str(src), lock)
+        sources.vendor(dest, str(src), lock, rev=PIN)
     assert dest.is_dir() and not any(dest.iterdir())
 
 
@@ -64,45 +133,33 @@ def test_existing_nonempty_dest_is_left_alone(pristine_tree, lock, tmp_path):
     (dest / "mine.txt").write_text("user data")
     before = tree_digest(dest)
     with pytest.raises(UsageError, match="not empty"):
-        sources.vendor(dest, str(pristine_tree), lock)
+        sources.vendor(dest, str(pristine_tree), lock, rev=PIN)
     assert tree_digest(dest) == before
 
 
-def _commit_tree(src, repo_dir, files):
-    repo = git.Repo.init(repo_dir)
-    for rel in files:
-        (repo_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, repo_dir / rel)
-    repo.index.add(files)
-    return repo.index.commit("import")
-
-
-def test_vendor_from_local_git_mirror_with_submodule_mirror(pristine_tree, lock, tmp_path):
-    matcha_prefix = pin.MATCHA_PATH + "/"
-    main_files = [f for f in lock.files if not f.startswith(matcha_prefix)]
-    commit = _commit_tree(pristine_tree, tmp_path / "CosyVoice.git", main_files)
-    matcha_src = tmp_path / "matcha-root"
-    shutil.copytree(pristine_tree / pin.MATCHA_PATH, matcha_src)
-    _commit_tree(matcha_src, tmp_path / "Matcha-TTS.git",
-                 [f[len(matcha_prefix):] for f in lock.files if f.startswith(matcha_prefix)])
+def test_bare_git_mirror_with_separate_submodule_mirror(bundle_dir, lock, tmp_path):
+    for name in (mirror.COSYVOICE, mirror.MATCHA):
+        subprocess.run(["git", "clone", "-q", "--bare", str(mirror.find_repo(bundle_dir, name)),
+                        str(tmp_path / "mirrors" / f"{name}.git")], check=True)
     dest = tmp_path / "checkout"
-    assert main(["vendor", str(dest), "--source", str(tmp_path / "CosyVoice.git"), "--rev", commit.hexsha,
-                 "--matcha-source", str(tmp_path / "Matcha-TTS.git")]) == 0
-    assert tree_digest(pristine_tree).items() <= tree_digest(dest).items()
-    origin = describe_origin(dest, lock)
-    assert commit.hexsha[:12] in origin and "verified by content" in origin
+    assert main(["vendor", str(dest), "--source", str(tmp_path / "mirrors" / "CosyVoice.git"), "--rev", MAIN,
+                 "--matcha-source", str(tmp_path / "mirrors" / "Matcha-TTS.git")]) == 0
+    assert recognise(dest, lock).commit is lock.resolve(MAIN)
 
 
-def test_git_mirror_missing_the_pinned_commit_says_so(pristine_tree, lock, tmp_path):
-    _commit_tree(pristine_tree, tmp_path / "repo", ["cosyvoice/bin/train.py"])
+def test_git_mirror_missing_the_commit_says_so(pristine_tree, lock, tmp_path):
+    repo = git.Repo.init(tmp_path / "repo")
+    shutil.copy2(pristine_tree / "cosyvoice/bin/train.py", tmp_path / "repo" / "train.py")
+    repo.index.add(["train.py"])
+    repo.index.commit("unrelated")
     res = run_cosyext("vendor", str(tmp_path / "dest"), "--source", str(tmp_path / "repo"))
     assert res.returncode == 2
-    assert lock.upstream_commit in res.stderr and "next:" in res.stderr
+    assert lock.newest.commit in res.stderr and "next:" in res.stderr
     assert not (tmp_path / "dest").exists()
 
 
 def test_unreachable_git_url_fails_cleanly(tmp_path):
     res = run_cosyext("vendor", str(tmp_path / "dest"), "--source", "https://host.invalid/CosyVoice.git")
     assert res.returncode == 2
-    assert "could not clone" in res.stderr and "--source pypi" in res.stderr and "Traceback" not in res.stderr
+    assert "could not clone" in res.stderr and "bundle" in res.stderr and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []

@@ -24,7 +24,7 @@ from ..errors import LockError, PatchConflict, VerificationError
 from . import applied, pin
 from .applied import Record
 from .lockfile import Commit, Lock
-from .tree import FileState, Recognition, State, classify, recognise, unsupported_error
+from .tree import FileState, Recognition, State, classify, recognise, submodule_missing, unsupported_error
 
 _DIFF_TARGET = re.compile(r"^\+\+\+ b/(\S+)", re.M)
 
@@ -193,11 +193,13 @@ def _restore_hint(root: Path) -> str:
 def _refuse_bad_tree(t: Target, by: dict[State, list[str]], allow_drift: bool, files: list[str]) -> None:
     root, commit = t.root, t.commit
     if by[State.MISSING]:
+        missing = [FileState(f, State.MISSING) for f in by[State.MISSING]]
+        hint = (f"check out the submodule: git -C {root} submodule update --init"
+                if submodule_missing(missing, commit) and t.recognition.head
+                else f"get a complete tree with 'cosyext vendor DIR --rev {commit.name}'")
         raise VerificationError(
             f"{len(by[State.MISSING])} file(s) of upstream {commit.label} missing under {root}: "
-            + ", ".join(by[State.MISSING][:8]) + (" ..." if len(by[State.MISSING]) > 8 else ""),
-            hint=f"get a complete tree with 'cosyext vendor DIR --rev {commit.name}'",
-        )
+            + ", ".join(by[State.MISSING][:8]) + (" ..." if len(by[State.MISSING]) > 8 else ""), hint=hint)
     drifted = by[State.DRIFTED]
     blocking = drifted if not allow_drift else [f for f in drifted if f in files]
     if blocking:

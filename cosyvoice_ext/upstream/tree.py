@@ -125,7 +125,16 @@ def unsupported_error(rec: Recognition, lock: Lock) -> VerificationError:
            f"{rec.head[:12] if rec.head else 'REV'} --source MIRROR (see README, 'Moving to a new upstream')")
     if rec.head is None:
         msg += f"\nIf the differences are your own edits, restore those files from upstream {nearest.label}."
+    if submodule_missing(diff, nearest):
+        msg += (f"\n{pin.MATCHA_PATH} is not checked out: git -C {rec.root} submodule update --init" if rec.head
+                else f"\n{pin.MATCHA_PATH} is empty: 'cosyext vendor' brings it with the tree")
     return VerificationError(msg, hint=f"cosyext status --upstream {rec.root} lists the files")
+
+
+def submodule_missing(diff: list[FileState], commit: Commit) -> bool:
+    """Every locked Matcha-TTS file is missing: a clone without its submodule."""
+    matcha = {p for p in commit.files if p.startswith(pin.MATCHA_PATH + "/")}
+    return bool(matcha) and matcha <= {s.path for s in diff if s.state is State.MISSING}
 
 
 def git_head(root: Path) -> str | None:
