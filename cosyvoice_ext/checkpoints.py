@@ -72,6 +72,27 @@ def is_adapter(state: Mapping[str, Any]) -> bool:
     return isinstance(meta, dict) and meta.get("format") == ADAPTER_FORMAT
 
 
+def family_of_state(state: Mapping[str, Any], model: str) -> str | None:
+    """Which family's ``llm.pt``/``flow.pt`` a state dict looks like, by keys only one family has (else None).
+
+    CosyVoice2's LLM has ``llm_embedding`` and a biased ``llm_decoder``, CosyVoice3's neither; CosyVoice2's
+    flow has a conformer ``encoder``, CosyVoice3's a DiT estimator with ``transformer_blocks``. Used to
+    say *why* a base checkpoint does not fit (a CosyVoice2 llm.pt for a CosyVoice3 config).
+    """
+    keys = set(state)
+    if model == "llm":
+        if "llm_embedding.weight" in keys:
+            return "cosyvoice2"
+        if "llm_decoder.weight" in keys and "llm_decoder.bias" not in keys:
+            return "cosyvoice3"
+    elif model == "flow":
+        if any(k.startswith("decoder.estimator.transformer_blocks.") for k in keys):
+            return "cosyvoice3"
+        if any(k.startswith("encoder.") for k in keys):
+            return "cosyvoice2"
+    return None
+
+
 def tensors(state: Mapping[str, Any]) -> dict:
     """Only the tensor entries of a full checkpoint (drops upstream's epoch/step counters)."""
     import torch

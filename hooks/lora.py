@@ -1,4 +1,5 @@
-"""Built-in plugin: LoRA adapters (peft) for CosyVoice2's LLM and flow, configured by ``cosyext:``.
+"""Built-in plugin: LoRA adapters (peft) for the LLM and flow of CosyVoice2 and CosyVoice3, configured by
+``cosyext:`` (preset targets resolve per model class: see :mod:`cosyvoice_ext.lora.targets`).
 
 Without a ``cosyext.<model>`` section for the model being trained every hook returns None, which
 leaves upstream's behaviour untouched. The work is in :mod:`cosyvoice_ext.lora.training`; torch and

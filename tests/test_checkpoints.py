@@ -73,3 +73,20 @@ def test_digest_and_atomic_save(tmp_path):
     assert path.is_file() and os.listdir(path.parent) == ["x.pt"]
     assert checkpoints.file_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert torch.equal(checkpoints.load(path)["w"], torch.ones(3))
+
+
+def test_family_of_state_tells_cosyvoice2_and_cosyvoice3_checkpoints_apart():
+    """By keys only one family has (DESIGN.md §11a): CosyVoice3's LLM has no llm_embedding and no llm_decoder.bias;
+    its flow has DiT transformer_blocks instead of CosyVoice2's conformer encoder."""
+    t = torch.zeros(1)
+    llm_common = {"llm.model.model.embed_tokens.weight": t, "speech_embedding.weight": t, "llm_decoder.weight": t}
+    assert checkpoints.family_of_state({**llm_common, "llm_embedding.weight": t, "llm_decoder.bias": t}, "llm") \
+        == "cosyvoice2"
+    assert checkpoints.family_of_state(llm_common, "llm") == "cosyvoice3"
+    assert checkpoints.family_of_state({"decoder.estimator.transformer_blocks.0.attn.to_q.weight": t,
+                                        "pre_lookahead_layer.conv1.weight": t}, "flow") == "cosyvoice3"
+    assert checkpoints.family_of_state({"encoder.encoders.0.self_attn.linear_q.weight": t,
+                                        "decoder.estimator.down_blocks.0.0.block1.block.0.weight": t}, "flow") \
+        == "cosyvoice2"
+    assert checkpoints.family_of_state({"w": t}, "llm") is None
+    assert checkpoints.family_of_state(llm_common, "flow") is None  # a llm.pt says nothing about flows

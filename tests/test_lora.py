@@ -19,8 +19,9 @@ from cosyvoice_ext.errors import CheckpointError, ConfigError
 from cosyvoice_ext.lora import training
 from cosyvoice_ext.lora.merge import merge_into_stock
 from cosyvoice_ext.plugins import new_manager, reset_manager
-from tests.test_lora_helpers import (
-    load_configs, max_abs_diff, outputs, randomize_lora, tiny_workspace, train_args,
+from tests.test_lora_helpers import (  # cv3*: fixtures, registered by importing them here
+    cv3, cv3_outputs, cv3_root, cv3_tree, load_configs, max_abs_diff, outputs, randomize_lora, tiny_workspace,
+    train_args,
 )
 
 
@@ -181,6 +182,17 @@ def test_resume_checks_the_base_digest_and_settings(ws, tmp_path):
         training.prepare(configs["llm"], "llm", configs, train_args("llm", ckpt))
 
 
+def test_cosyvoice2_default_is_still_attention_and_resumes_adapters_written_as_attention(ws, tmp_path):
+    model, run, _, _ = prepared(ws, "llm")  # the workspace config spells `attention`
+    torch.save(training.checkpoint_state(model, {"epoch": 0, "step": 5}), tmp_path / "a.pt")
+    configs = load_configs(ws, "llm", seed=3)
+    del configs["cosyext"]["llm"]["target_modules"]  # the Qwen2LM default
+    args = train_args("llm", tmp_path / "a.pt")
+    training.configure(configs, args)
+    again = training.prepare(configs["llm"], "llm", configs, args)
+    assert again.settings.target_modules == "default" and again.targets == run.targets and len(run.targets) == 8
+
+
 def test_wrong_or_missing_base_fails_loudly(ws, tmp_path):
     configs = load_configs(ws, "llm")
     with pytest.raises(CheckpointError, match="does not match the model"):
@@ -271,3 +283,145 @@ def test_presets_on_the_full_size_flow_of_the_example_config(upstream_tree):
     targets = resolve_targets(configs["flow"], parse_section(configs)["flow"])
     assert len(targets) == (6 + 4) * 4 + (1 + 12 + 1) * 4 * 4  # encoder blocks + estimator transformer blocks
     assert "decoder.estimator.mid_blocks.11.1.3.attn1.to_out.0" in targets
+
+
+# --- CosyVoice3 (upstream ace7c47): CosyVoice3LM and the DiT flow -------------------------------------
+
+CV3_DEFAULT_TARGETS = {
+    "llm": [f"llm.model.model.layers.{i}.{leaf}" for i in range(2)
+            for leaf in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")],
+    "flow": [f"decoder.estimator.transformer_blocks.{i}.{leaf}" for i in range(2)
+             for leaf in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.ff.0.0", "ff.ff.2")],
+}
+
+
+@pytest.mark.parametrize("name", ["llm", "flow"])
+def test_cosyvoice3_default_targets_are_chosen_by_model_class(cv3, name, caplog):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    caplog.set_level(logging.INFO, logger="cosyvoice_ext")
+    model, run, configs, _ = prepared(cv3, name)
+    assert type(model).__name__ == {"llm": "CosyVoice3LM", "flow": "CausalMaskedDiffWithDiT"}[name]
+    assert configs["cosyext"][name].get("target_modules") is None  # nothing configured: the class decides
+    assert run.settings.target_modules == "default"
+    assert run.targets == CV3_DEFAULT_TARGETS[name]  # exactly these, in module order
+    assert [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)] == run.targets
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{t}.lora_{ab}.default.weight" for t in run.targets for ab in "AB"}
+    base = checkpoints.load(cv3.base[name])
+    assert sum(1 for k in model.state_dict() if "lora_" not in k) == len(base)
+    for key, value in model.state_dict().items():
+        if "lora_" not in key:
+            assert torch.equal(value, base[key.replace(".base_layer.", ".")]), key
+    assert f"({type(model).__name__} (cosyvoice3))" in caplog.text and "model keys loaded (100.0%)" in caplog.text
+
+
+@pytest.mark.parametrize("name, preset, n", [("llm", "attention", 8), ("flow", "attention", 8),
+                                             ("flow", "attention_ff", 12)])
+def test_cosyvoice3_presets(cv3, name, preset, n):
+    _, run, _, _ = prepared(cv3, name, target_modules=preset)
+    assert len(run.targets) == n
+    if name == "flow":
+        assert all(".transformer_blocks." in t for t in run.targets)
+
+
+def test_cosyvoice3_targets_that_match_nothing_name_the_class_and_real_modules(cv3):
+    configs = load_configs(cv3, "flow", target_modules=["linear_q", "to_q"])  # CosyVoice2's encoder names
+    with pytest.raises(ConfigError) as err:
+        training.configure(configs, train_args("flow", cv3.base["flow"]))
+    msg = str(err.value)
+    assert msg.startswith("cosyext.flow.target_modules: 'linear_q' matches no module of the flow model "
+                          "CausalMaskedDiffWithDiT (cosyvoice3)")
+    for real in ("decoder.estimator.transformer_blocks.0.attn.to_q", "decoder.estimator.transformer_blocks.0.ff.ff.2"):
+        assert real in msg
+    assert "Linear modules in all" in msg and err.value.hint
+
+    configs = load_configs(cv3, "llm", target_modules=r"llm\.model\.layers\.\d+\.q_proj")  # a regex missing `model.`
+    with pytest.raises(ConfigError) as err:
+        training.configure(configs, train_args("llm", cv3.base["llm"]))
+    assert "matches no module of the llm model CosyVoice3LM (cosyvoice3)" in str(err.value)
+    assert "llm.model.model.layers.0.self_attn.q_proj" in str(err.value)
+
+    configs = load_configs(cv3, "flow", target_modules="encoder_attention")  # a CosyVoice2-only preset
+    with pytest.raises(ConfigError, match="preset 'encoder_attention' belongs to cosyvoice2; a cosyvoice3 flow has "
+                       "the presets default, attention, attention_ff"):
+        training.configure(configs, train_args("flow", cv3.base["flow"]))
+
+
+@pytest.mark.parametrize("name", ["llm", "flow"])
+def test_cosyvoice3_adapter_resume_is_bit_exact(cv3, name, tmp_path):
+    model, run, _, _ = prepared(cv3, name)
+    randomize_lora(model, seed=13)
+    ckpt = tmp_path / "epoch_2_whole.pt"
+    torch.save(training.checkpoint_state(model, {"epoch": 2, "step": 30}), ckpt)
+    meta = checkpoints.load(ckpt)["cosyext"]
+    assert meta["family"] == "cosyvoice3" and meta["model_class"].endswith(type(model).__name__)
+    assert meta["targets"] == CV3_DEFAULT_TARGETS[name]
+
+    configs = load_configs(cv3, name, seed=99)  # another random init: nothing may leak through
+    resumed = configs[name]
+    args = train_args(name, ckpt)
+    assert trainpy_load(resumed, ckpt) == (30, 2)
+    training.configure(configs, args)
+    training.prepare(resumed, name, configs, args)
+    want, got = model.state_dict(), resumed.state_dict()
+    assert list(want) == list(got)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    a, b = cv3_outputs(model, name), cv3_outputs(resumed, name)
+    assert torch.equal(a["loss"], b["loss"])
+
+
+def test_cosyvoice3_merged_checkpoint_loads_strictly_into_a_fresh_stock_model(cv3, tmp_path):
+    for name in ("llm", "flow"):
+        model, _, _, _ = prepared(cv3, name, checkpoint_format="merged")
+        randomize_lora(model, seed=17)
+        state = training.checkpoint_state(model, {"epoch": 0, "step": 1})
+        stock_keys = list(checkpoints.load(cv3.base[name]))
+        assert list(state) == [*stock_keys, "epoch", "step"]
+        if name == "llm":  # CosyVoice3's LLM: no llm_embedding, an unbiased llm_decoder
+            assert "llm_embedding.weight" not in state and "llm_decoder.bias" not in state
+        torch.save(state, tmp_path / f"{name}.pt")
+        fresh = load_configs(cv3, name, seed=4)[name]
+        fresh.load_state_dict(checkpoints.tensors(checkpoints.load(tmp_path / f"{name}.pt")), strict=True)
+        lora_out, merged_out = cv3_outputs(model, name), cv3_outputs(fresh, name)
+        assert max_abs_diff(lora_out, merged_out) <= 1e-5, name
+
+
+def test_cosyvoice2_checkpoints_and_adapters_do_not_go_into_cosyvoice3(cv3, tmp_path):
+    """A CosyVoice2 llm.pt (llm_embedding, biased llm_decoder) as base, or a CosyVoice3 adapter resumed into
+    CosyVoice2's Qwen2LM: both stop with the families named, not a bare shape mismatch."""
+    from cosyvoice.llm.llm import Qwen2Encoder, Qwen2LM
+
+    cv2_llm = Qwen2LM(64, 64, 6561, Qwen2Encoder(str(cv3.qwen)), sampling=None)
+    torch.save(cv2_llm.state_dict(), tmp_path / "cv2_llm.pt")
+    configs = load_configs(cv3, "llm")
+    with pytest.raises(CheckpointError, match=r"the file looks like a cosyvoice2 llm\.pt; the model is "
+                                              r"CosyVoice3LM \(cosyvoice3\)") as err:
+        training.prepare(configs["llm"], "llm", configs, train_args("llm", tmp_path / "cv2_llm.pt"))
+    assert "CosyVoice2 and CosyVoice3" in err.value.hint
+
+    model, _, _, _ = prepared(cv3, "llm")
+    torch.save(training.checkpoint_state(model, {"epoch": 0, "step": 1}), tmp_path / "adapter.pt")
+    with pytest.raises(CheckpointError, match=r"was trained on CosyVoice3LM \(cosyvoice3\); the config builds "
+                                              r"Qwen2LM \(cosyvoice2\)"):
+        training.prepare(cv2_llm, "llm", configs, train_args("llm", tmp_path / "adapter.pt"))
+
+
+def test_resume_compares_the_resolved_targets_not_their_spelling(cv3, tmp_path):
+    """`default` resumes an adapter written as `attention_mlp` on CosyVoice3LM (the same 14 modules); an adapter on
+    attention only (8 modules) does not resume under the default and the error says which modules differ."""
+    model, _, _, _ = prepared(cv3, "llm", target_modules="attention_mlp")
+    torch.save(training.checkpoint_state(model, {"epoch": 0, "step": 2}), tmp_path / "mlp.pt")
+    configs = load_configs(cv3, "llm", seed=5)
+    run = training.prepare(configs["llm"], "llm", configs, train_args("llm", tmp_path / "mlp.pt"))
+    assert run.resumed_from == str(tmp_path / "mlp.pt") and run.settings.target_modules == "default"
+
+    model, _, _, _ = prepared(cv3, "llm", target_modules="attention")
+    torch.save(training.checkpoint_state(model, {"epoch": 0, "step": 2}), tmp_path / "attn.pt")
+    configs = load_configs(cv3, "llm", seed=5)
+    with pytest.raises(CheckpointError, match=r"trained with target_modules='attention' \(8 modules\), the config's "
+                                              r"target_modules='default' gives 14 modules \(now also "
+                                              r"llm\.model\.model\.layers\.0\.mlp\.down_proj\)"):
+        training.prepare(configs["llm"], "llm", configs, train_args("llm", tmp_path / "attn.pt"))

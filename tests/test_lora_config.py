@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from cosyvoice_ext.errors import ConfigError
-from cosyvoice_ext.lora.config import PRESETS, LoraConfigError, LoraSettings, parse_section
+from cosyvoice_ext.lora.config import (
+    FAMILY_PRESETS, PRESETS, LoraConfigError, LoraSettings, parse_section, preset_names, preset_regex,
+)
 
 
 def test_no_section_means_no_lora():
@@ -22,8 +24,10 @@ def test_defaults_and_values():
                                       "flow": {"target_modules": ["to_q", "to_k"], "checkpoint_format": "merged"}}})
     llm, flow = got["llm"], got["flow"]
     assert (llm.r, llm.alpha, llm.dropout, llm.checkpoint_format) == (16, 32.0, 0.05, "adapter")
-    assert llm.target_modules == "attention" and llm.target_regex == PRESETS["llm"]["attention"]
-    assert flow.target_modules == ("to_q", "to_k") and flow.target_regex is None
+    # no target_modules: the model class's default, resolved when the model exists (CosyVoice2: attention)
+    assert llm.target_modules == "default" and llm.target_regex() == PRESETS["llm"]["attention"]
+    assert llm.target_regex("cosyvoice3") == PRESETS["llm"]["attention_mlp"]
+    assert flow.target_modules == ("to_q", "to_k") and flow.target_regex() is None
     assert flow.checkpoint_format == "merged"
 
 
@@ -65,6 +69,41 @@ def test_unrelated_keys_are_left_to_other_plugins():
     assert set(parse_section({"cosyext": {"llm": {"r": 2}, "telemetry": {"on": True}}})) == {"llm"}
 
 
+def test_preset_names_resolve_per_family():
+    """A config names a preset without knowing its class; the built model's family picks the regex."""
+    assert preset_names("llm") == ["default", "attention", "attention_mlp"]
+    assert preset_names("flow") == ["default", "attention", "encoder_attention", "estimator_attention", "attention_ff"]
+    for name in ("attention_ff", "encoder_attention", "default"):  # parsing alone accepts any family's preset
+        assert parse_section({"cosyext": {"flow": {"target_modules": name}}})["flow"].target_modules == name
+    dit = "decoder.estimator.transformer_blocks.21.attn.to_out.0"
+    assert re.fullmatch(preset_regex("flow", "attention", "cosyvoice3"), dit)
+    assert not re.fullmatch(preset_regex("flow", "attention", "cosyvoice2"), dit)
+    assert preset_regex("flow", "attention_ff", "cosyvoice2") is None
+    assert preset_regex("flow", "default", None) == FAMILY_PRESETS["cosyvoice2"]["flow"]["attention"]  # unknown class
+    flow = parse_section({"cosyext": {"flow": {"target_modules": "estimator_attention"}}})["flow"]
+    with pytest.raises(LoraConfigError, match="preset 'estimator_attention' belongs to cosyvoice2; a cosyvoice3 flow "
+                                              "has the presets default, attention, attention_ff"):
+        flow.target_regex("cosyvoice3")
+
+
+def test_cosyvoice3_presets_match_the_measured_module_names():
+    """DESIGN.md §11a: the DiT blocks' attention and feed-forward, the CosyVoice2 Qwen2 names in the LLM."""
+    llm, flow = FAMILY_PRESETS["cosyvoice3"]["llm"], FAMILY_PRESETS["cosyvoice3"]["flow"]
+    assert llm["default"] == llm["attention_mlp"] and flow["default"] == flow["attention_ff"]
+    assert re.fullmatch(llm["default"], "llm.model.model.layers.23.mlp.gate_proj")
+    assert not re.fullmatch(llm["default"], "llm.model.lm_head") and not re.fullmatch(llm["default"], "llm_decoder")
+    block = "decoder.estimator.transformer_blocks.7"
+    for leaf in ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"):
+        assert re.fullmatch(flow["attention"], f"{block}.{leaf}") and re.fullmatch(flow["default"], f"{block}.{leaf}")
+    for leaf in ("ff.ff.0.0", "ff.ff.2"):
+        assert re.fullmatch(flow["default"], f"{block}.{leaf}")
+        assert not re.fullmatch(flow["attention"], f"{block}.{leaf}")
+    for other in (f"{block}.attn_norm.linear", f"{block}.ff.ff.1", "decoder.estimator.proj_out",
+                  "decoder.estimator.norm_out.linear", "decoder.estimator.time_embed.time_mlp.0",
+                  "spk_embed_affine_layer"):
+        assert not re.fullmatch(flow["default"], other), other
+
+
 def test_presets_match_the_measured_module_names():
     llm = PRESETS["llm"]
     assert re.fullmatch(llm["attention"], "llm.model.model.layers.11.self_attn.o_proj")
@@ -100,6 +139,7 @@ def test_the_documented_example_section_is_valid():
 
     for key in SCHEMA:  # every key of the schema is documented
         assert f"| `{key}` |" in docs, key
-    for model, presets in PRESETS.items():
-        for preset in presets:
-            assert f"| {model} | `{preset}` |" in docs, preset
+    for fam, by_model in FAMILY_PRESETS.items():
+        for model, presets in by_model.items():
+            for preset in presets:
+                assert f"| {fam} | {model} | `{preset}` |" in docs, (fam, model, preset)

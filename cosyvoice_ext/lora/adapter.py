@@ -3,10 +3,13 @@
 Layout (plain tensors, numbers, strings, lists and dicts only, so ``weights_only=True`` reads it)::
 
     {"epoch": int, "step": int,                 # top level: train.py resumes its counters from these
-     "cosyext": {"format": "adapter", "version", "model", "lora": {...settings...},
+     "cosyext": {"format": "adapter", "version", "model", "model_class", "family", "lora": {...settings...},
                  "base_checkpoint": {"path", "sha256"}, "targets": [...], "epoch", "step", "cv_loss"},
      "lora": {peft key: tensor},                # e.g. llm.model.model.layers.0.self_attn.q_proj.lora_A.default.weight
      "modules_to_save": {stock key: tensor}}
+
+``model_class`` (e.g. ``cosyvoice.llm.llm.CosyVoice3LM``) and ``family`` came with CosyVoice3 support;
+adapters written before have neither and are still read.
 
 Tensors are nested, so train.py's ``load_state_dict(strict=False)`` of this file loads nothing
 into the model: the plugin does it, bit for bit, after re-loading the recorded base checkpoint.
@@ -38,13 +41,16 @@ class AdapterCheckpoint:
 
 
 def build(*, settings: LoraSettings, lora: Mapping[str, torch.Tensor], modules_to_save: Mapping[str, torch.Tensor],
-          targets: list[str], base_path: str | None, base_sha256: str | None, info_dict: Mapping[str, Any]) -> dict:
+          targets: list[str], base_path: str | None, base_sha256: str | None, info_dict: Mapping[str, Any],
+          model_class: str | None = None, family: str | None = None) -> dict:
     """The dict ``save_model`` writes for ``checkpoint_format: adapter``."""
     epoch, step = int(info_dict.get("epoch", -1)), int(info_dict.get("step", 0))
     meta = {
         "format": ADAPTER_FORMAT,
         "version": __version__,
         "model": settings.model,
+        "model_class": model_class,
+        "family": family,
         "lora": settings.to_dict(),
         "base_checkpoint": {"path": base_path, "sha256": base_sha256},
         "targets": list(targets),
@@ -80,6 +86,18 @@ def read(state: Mapping[str, Any], source: str) -> AdapterCheckpoint:
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise CheckpointError(f"adapter checkpoint {source} is malformed: {exc!r}") from exc
+
+
+def check_same_model(ad: AdapterCheckpoint, model: Any, source: str) -> None:
+    """An adapter trained on one model class does not go into another (e.g. CosyVoice2's Qwen2LM vs CosyVoice3LM)."""
+    from .targets import describe_model, model_class
+
+    saved = ad.meta.get("model_class")
+    if saved and saved != model_class(model):
+        raise CheckpointError(
+            f"adapter {source} was trained on {saved.rsplit('.', 1)[-1]} "
+            f"({ad.meta.get('family') or 'no known family'}); the config builds {describe_model(model)}",
+            hint="use the config (and base checkpoint) the adapter was trained with")
 
 
 def _plain_losses(loss_dict: Any) -> dict | None:

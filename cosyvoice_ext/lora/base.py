@@ -13,6 +13,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..checkpoints import family_of_state
 from ..errors import CheckpointError
 
 MIN_MATCHED = 0.9
@@ -51,21 +52,44 @@ def compare(model: nn.Module, state: Mapping[str, object]) -> BaseReport:
     )
 
 
-def load_base(model: nn.Module, state: Mapping[str, object], source: str, min_matched: float = MIN_MATCHED) -> BaseReport:
-    """Copy the base weights into the model; CheckpointError when the checkpoint does not fit it."""
+def family_clash(model: nn.Module, state: Mapping[str, object], name: str | None) -> str:
+    """`` (a cosyvoice2 llm.pt; the model is CosyVoice3LM (cosyvoice3))`` when the file is another family's, else ''."""
+    from .targets import describe_model, model_family
+
+    fam = model_family(model)
+    if name is None or fam is None:
+        return ""
+    looks = family_of_state(state, name)
+    if looks is None or looks == fam.name:
+        return ""
+    return f" (the file looks like a {looks} {name}.pt; the model is {describe_model(model)})"
+
+
+def load_base(model: nn.Module, state: Mapping[str, object], source: str, min_matched: float = MIN_MATCHED,
+              name: str | None = None) -> BaseReport:
+    """Copy the base weights into the model; CheckpointError when the checkpoint does not fit it.
+
+    ``name`` (llm/flow) lets the error say when the file is another model family's checkpoint.
+    """
     report = compare(model, state)
     hint = "pass the pretrained checkpoint of this model (e.g. --checkpoint pretrained/llm.pt for --model llm) " \
            "built from the same config"
+    clash = ""
+    if report.shape_mismatch or report.fraction < min_matched:
+        clash = family_clash(model, state, name)
+        if clash:
+            hint = "pass the pretrained checkpoint of the family the config builds (CosyVoice2 and CosyVoice3 " \
+                   "checkpoints do not load into each other)"
     if report.shape_mismatch:
         k = report.shape_mismatch[0]
         raise CheckpointError(
-            f"base checkpoint {source} does not match the model: {len(report.shape_mismatch)} tensor(s) have other "
-            f"shapes, e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(model.state_dict()[k].shape)} in the model",
-            hint=hint)
+            f"base checkpoint {source} does not match the model{clash}: {len(report.shape_mismatch)} tensor(s) have "
+            f"other shapes, e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(model.state_dict()[k].shape)} in "
+            "the model", hint=hint)
     if report.fraction < min_matched:
         example = f", e.g. missing {report.missing[0]}" if report.missing else ""
         raise CheckpointError(
-            f"base checkpoint {source} does not match the model: only {report.summary()}{example}", hint=hint)
+            f"base checkpoint {source} does not match the model{clash}: only {report.summary()}{example}", hint=hint)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and k not in report.unexpected}
     model.load_state_dict(tensors, strict=False)
     return report

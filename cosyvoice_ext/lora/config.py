@@ -18,23 +18,68 @@ SECTION = "cosyext"
 MODELS = ("llm", "flow")
 FORMATS = ("adapter", "merged")
 
-# Named target sets, measured on the CosyVoice2 module tree (DESIGN.md §7). Module names are
-# relative to the trained model (what train.py's configs[args.model] is).
+# Named target sets per model family (DESIGN.md §7, §11a), by the config key of the trained model.
+# Module names are relative to the trained model (what train.py's configs[args.model] is). A name
+# resolves against the family of the model that was actually built (targets.resolve_targets), so
+# one config key can mean CosyVoice2's or CosyVoice3's modules; `default` is what an omitted
+# target_modules means, chosen per model class.
 _LLM_LAYER = r"llm\.model\.model\.layers\.\d+"
+_LLM_ATTENTION = rf"{_LLM_LAYER}\.self_attn\.(?:q|k|v|o)_proj"
+_LLM_ATTENTION_MLP = rf"{_LLM_LAYER}\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)"
 _FLOW_ENCODER = r"encoder\.(?:encoders|up_encoders)\.\d+\.self_attn\.linear_(?:q|k|v|out)"
 _FLOW_ESTIMATOR = r"decoder\.estimator\.(?:down|mid|up)_blocks\..+\.attn1\.(?:to_q|to_k|to_v|to_out\.0)"
-PRESETS: dict[str, dict[str, str]] = {
-    "llm": {
-        "attention": rf"{_LLM_LAYER}\.self_attn\.(?:q|k|v|o)_proj",
-        "attention_mlp": rf"{_LLM_LAYER}\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)",
+_DIT_BLOCK = r"decoder\.estimator\.transformer_blocks\.\d+"
+_DIT_ATTENTION = rf"{_DIT_BLOCK}\.attn\.(?:to_q|to_k|to_v|to_out\.0)"
+_DIT_ATTENTION_FF = rf"{_DIT_BLOCK}\.(?:attn\.(?:to_q|to_k|to_v|to_out\.0)|ff\.ff\.(?:0\.0|2))"
+DEFAULT_TARGETS = "default"
+DEFAULT_FAMILY = "cosyvoice2"  # presets for a model whose class no family claims (a user's own model)
+FAMILY_PRESETS: dict[str, dict[str, dict[str, str]]] = {
+    "cosyvoice2": {
+        "llm": {
+            "default": _LLM_ATTENTION,
+            "attention": _LLM_ATTENTION,
+            "attention_mlp": _LLM_ATTENTION_MLP,
+        },
+        "flow": {
+            "default": rf"(?:{_FLOW_ENCODER}|{_FLOW_ESTIMATOR})",
+            "attention": rf"(?:{_FLOW_ENCODER}|{_FLOW_ESTIMATOR})",
+            "encoder_attention": _FLOW_ENCODER,
+            "estimator_attention": _FLOW_ESTIMATOR,
+        },
     },
-    "flow": {
-        "attention": rf"(?:{_FLOW_ENCODER}|{_FLOW_ESTIMATOR})",
-        "encoder_attention": _FLOW_ENCODER,
-        "estimator_attention": _FLOW_ESTIMATOR,
+    "cosyvoice3": {  # CosyVoice3LM keeps CosyVoice2's Qwen2 names; the flow's estimator is a DiT
+        "llm": {
+            "default": _LLM_ATTENTION_MLP,
+            "attention": _LLM_ATTENTION,
+            "attention_mlp": _LLM_ATTENTION_MLP,
+        },
+        "flow": {
+            "default": _DIT_ATTENTION_FF,
+            "attention": _DIT_ATTENTION,
+            "attention_ff": _DIT_ATTENTION_FF,
+        },
     },
 }
-DEFAULT_TARGETS = "attention"
+#: CosyVoice2's presets by config key: what configs meant before CosyVoice3 (lint's static view).
+PRESETS: dict[str, dict[str, str]] = FAMILY_PRESETS[DEFAULT_FAMILY]
+
+
+def preset_names(model: str) -> list[str]:
+    """Every preset name of a config key in any family (what a config may say without knowing its class)."""
+    names: list[str] = []
+    for presets in FAMILY_PRESETS.values():
+        names.extend(n for n in presets.get(model, {}) if n not in names)
+    return names
+
+
+def presets_for(family: str | None, model: str) -> dict[str, str]:
+    """The presets of one family's model (CosyVoice2's when the family is unknown)."""
+    return FAMILY_PRESETS.get(family or DEFAULT_FAMILY, FAMILY_PRESETS[DEFAULT_FAMILY])[model]
+
+
+def preset_regex(model: str, name: str, family: str | None = None) -> str | None:
+    """The regex a preset name stands for in ``family`` (None: not a preset there)."""
+    return presets_for(family, model).get(name)
 
 
 class LoraConfigError(ConfigError):
@@ -57,12 +102,25 @@ class LoraSettings:
     checkpoint_format: str = "adapter"
     base_checkpoint: str | None = None
 
-    @property
-    def target_regex(self) -> str | None:
-        """The regex the targets stand for (a preset or a user regex); None for a list of names."""
+    def target_regex(self, family: str | None = None) -> str | None:
+        """The regex the targets stand for in a model of ``family`` (a preset or a user regex); None for a list.
+
+        Raises LoraConfigError when the name is another family's preset only (e.g. CosyVoice2's
+        ``encoder_attention`` for CosyVoice3's DiT flow, which has no conformer encoder).
+        """
         if isinstance(self.target_modules, tuple):
             return None
-        return PRESETS[self.model].get(self.target_modules, self.target_modules)
+        regex = preset_regex(self.model, self.target_modules, family)
+        if regex is not None:
+            return regex
+        if self.target_modules in preset_names(self.model):
+            own = ", ".join(presets_for(family, self.model))
+            owners = [f for f, p in FAMILY_PRESETS.items() if self.target_modules in p.get(self.model, {})]
+            raise LoraConfigError(
+                f"{SECTION}.{self.model}.target_modules",
+                f"preset {self.target_modules!r} belongs to {', '.join(owners)}; a {family or DEFAULT_FAMILY} "
+                f"{self.model} has the presets {own}", hint=f"use one of {own}, a regex or a list of module names")
+        return self.target_modules
 
     def to_dict(self) -> dict:
         """Plain types only: stored in adapter checkpoint metadata (weights_only-loadable)."""
@@ -85,7 +143,8 @@ SCHEMA: dict[str, str] = {
     "r": "rank of the LoRA matrices, int > 0",
     "alpha": "LoRA scaling numerator (scale = alpha / r), number > 0",
     "dropout": "dropout on the LoRA input, 0 <= dropout < 1",
-    "target_modules": "a preset name, a regex over module names, or a list of module names (suffixes)",
+    "target_modules": "a preset name (default: per model class), a regex over module names, "
+                      "or a list of module names (suffixes)",
     "modules_to_save": "list of module names trained fully and saved with the adapter",
     "checkpoint_format": "'adapter' (LoRA tensors + metadata, default) or 'merged' (stock keys)",
     "base_checkpoint": "optional path of the base checkpoint (else --checkpoint, or the adapter's record)",
@@ -162,12 +221,12 @@ def _targets(model: str, key: str, v: Any) -> str | tuple[str, ...]:
     if isinstance(v, str):
         if not v.strip():
             raise LoraConfigError(key, "must not be empty")
-        if v in PRESETS[model]:
+        if v in preset_names(model):
             return v
         try:
             re.compile(v)
         except re.error as exc:
-            presets = ", ".join(PRESETS[model])
+            presets = ", ".join(preset_names(model))
             raise LoraConfigError(key, f"{v!r} is neither a preset ({presets}) nor a valid regex: {exc}") from exc
         return v
     return _names(key, v, allow_empty=False)

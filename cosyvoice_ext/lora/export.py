@@ -1,5 +1,9 @@
 """``cosyext export``: adapter (or merged) training checkpoints -> one stock ``llm.pt``/``flow.pt``.
 
+Works for both families (CosyVoice2's Qwen2LM/CausalMaskedDiffWithXvec, CosyVoice3's
+CosyVoice3LM/CausalMaskedDiffWithDiT): the stock model comes from the training config, so the
+family is whatever that config builds, and preset targets resolve against it.
+
 Each chosen checkpoint becomes merged stock weights (base + LoRA folded in, peft's ``merge()``),
 optionally several are averaged (like upstream's ``average_model.py``, but over *merged* weights:
 averaging LoRA A and B factors separately would not average the products), and the result is
@@ -26,7 +30,7 @@ from .. import checkpoints
 from ..early_stop import BEST_FILE, read_best
 from ..errors import CheckpointError, EnvironmentProblem, UsageError
 from . import adapter as adapter_io
-from .base import compare
+from .base import compare, family_clash
 from .config import SECTION, LoraSettings, parse_section
 from .inject import inject, load_exact, lora_state, module_tensors
 from .merge import merge_into_stock
@@ -51,17 +55,22 @@ class Candidate:
 
 def add_upstream_to_path(upstream: str | os.PathLike | None) -> None:
     """Make ``cosyvoice`` and ``matcha`` importable from an upstream checkout."""
-    if upstream:
+    if upstream:  # first on sys.path, even when already further down: --upstream names the tree to use
         root = Path(upstream).resolve()
         for p in (root / "third_party" / "Matcha-TTS", root):
-            if str(p) not in sys.path:
-                sys.path.insert(0, str(p))
+            while str(p) in sys.path:
+                sys.path.remove(str(p))
+            sys.path.insert(0, str(p))
     try:
-        import cosyvoice  # noqa: F401
+        import cosyvoice
     except ImportError as exc:
         raise EnvironmentProblem(
             f"upstream CosyVoice is not importable ({exc}); building the stock model needs it",
             hint="pass --upstream ~/CosyVoice (the tree 'cosyext apply-patches' prepared)") from exc
+    where = Path(next(iter(cosyvoice.__path__))).resolve()
+    if upstream and Path(upstream).resolve() not in where.parents:  # only in-process callers get here
+        log.warning("cosyext export: cosyvoice was imported from %s before; --upstream %s does not replace it "
+                    "in this process", where.parent, upstream)
 
 
 def build_stock_model(config: str | os.PathLike, model: str, qwen_pretrain_path: str | None = None) -> nn.Module:
@@ -125,7 +134,7 @@ def choose(candidates: list[Candidate], average: int, val_best: bool) -> list[Ca
 
 
 def merged_weights(stock: nn.Module, state: Mapping, path: str | os.PathLike, base_sha256: str | None,
-                   settings: LoraSettings | None = None) -> "OrderedDict[str, torch.Tensor]":
+                   settings: LoraSettings | None = None, name: str | None = None) -> "OrderedDict[str, torch.Tensor]":
     """Stock-keyed merged weights of one loaded checkpoint.
 
     An adapter is applied to ``stock``; a DeepSpeed model-states file holds the whole LoRA-injected
@@ -152,7 +161,8 @@ def merged_weights(stock: nn.Module, state: Mapping, path: str | os.PathLike, ba
         full = checkpoints.tensors(state)
         report = compare(stock, full)
         if report.missing or report.unexpected or report.shape_mismatch:
-            raise CheckpointError(f"{path} is neither a cosyext adapter nor a full checkpoint of this model: "
+            raise CheckpointError(f"{path} is neither a cosyext adapter nor a full checkpoint of this model"
+                                  f"{family_clash(stock, full, name)}: "
                                   f"{report.summary()}")
         return OrderedDict((k, full[k]) for k in stock.state_dict())
     ad = adapter_io.read(state, str(path))
@@ -160,6 +170,7 @@ def merged_weights(stock: nn.Module, state: Mapping, path: str | os.PathLike, ba
         raise CheckpointError(
             f"adapter {path} was trained on base sha256 {ad.base_sha256[:12]} (recorded path {ad.base_path}), "
             f"--base has sha256 {base_sha256[:12]}", hint="pass the base checkpoint the adapter was trained on as --base")
+    adapter_io.check_same_model(ad, stock, str(path))
     model = copy.deepcopy(stock)
     targets = resolve_targets(model, ad.settings)
     to_save = resolve_modules_to_save(model, ad.settings, targets)
@@ -189,8 +200,12 @@ def average(states: list[Mapping[str, torch.Tensor]]) -> "OrderedDict[str, torch
 def export(*, model: str, config: str | os.PathLike, out: str | os.PathLike, base: str | os.PathLike | None = None,
            checkpoint: str | os.PathLike | None = None, run_dir: str | os.PathLike | None = None, average_n: int = 1,
            val_best: bool = False, qwen_pretrain_path: str | None = None,
-           progress: Progress = print) -> Path:
-    """Write the merged (optionally averaged) stock state dict and return its path."""
+           progress: Progress = print, check_stock: Callable[[nn.Module], None] | None = None) -> Path:
+    """Write the merged (optionally averaged) stock state dict and return its path.
+
+    ``check_stock`` sees the stock model built from the config before anything is merged or written
+    (``export --serve`` checks there that its family is the pretrained dir's).
+    """
     if (checkpoint is None) == (run_dir is None):
         raise UsageError("give exactly one of --checkpoint FILE or --run DIR")
     if checkpoint is not None:
@@ -208,6 +223,8 @@ def export(*, model: str, config: str | os.PathLike, out: str | os.PathLike, bas
 
     configs = load_configs(config, model, qwen_pretrain_path)
     stock = configs[model]
+    if check_stock is not None:
+        check_stock(stock)
     settings = parse_section(configs).get(model)
     base_path = base or _recorded_base(checkpoints.load(chosen[0].path, mmap=True), chosen[0].path)
     base_sha = None
@@ -216,7 +233,8 @@ def export(*, model: str, config: str | os.PathLike, out: str | os.PathLike, bas
         base_state = checkpoints.load(base_path, mmap=True)
         report = compare(stock, base_state)
         if report.missing or report.unexpected or report.shape_mismatch:
-            raise CheckpointError(f"base {base_path} does not load strictly into the stock {model}: {report.summary()}",
+            raise CheckpointError(f"base {base_path} does not load strictly into the stock {model}"
+                                  f"{family_clash(stock, base_state, model)}: {report.summary()}",
                                   hint=f"pass the pretrained {model}.pt the adapter was trained on as --base")
         stock.load_state_dict(checkpoints.tensors(base_state), strict=True)
         del base_state
@@ -228,7 +246,7 @@ def export(*, model: str, config: str | os.PathLike, out: str | os.PathLike, bas
         if base_path is None and checkpoints.is_adapter(state):
             raise UsageError(f"{cand.path} is an adapter and no base checkpoint is known",
                              hint=f"pass --base pretrained/{model}.pt")
-        states.append(merged_weights(stock, state, cand.path, base_sha, settings))
+        states.append(merged_weights(stock, state, cand.path, base_sha, settings, name=model))
         del state
     if len(states) > 1:
         progress(f"averaging {len(states)} merged checkpoints: epochs {', '.join(str(c.epoch) for c in chosen)}")

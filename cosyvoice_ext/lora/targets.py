@@ -1,7 +1,9 @@
 """Turn the configured targets into the exact module names of a real model, or say what is wrong.
 
 We resolve names ourselves (instead of letting peft match silently) so a typo fails at config time
-with the closest real module names, and so peft gets an exact list.
+with the model class and real module names, and so peft gets an exact list. Preset names resolve
+here, against the family of the built model (CosyVoice2 and CosyVoice3 share config keys but not
+module trees), so parsing the config stays model-free.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Iterable
 
 from torch import nn
 
-from .config import SECTION, LoraConfigError, LoraSettings
+from .. import family as families
+from .config import DEFAULT_FAMILY, SECTION, LoraConfigError, LoraSettings
 
 
 def _matches(name: str, entry: str) -> bool:
@@ -20,24 +23,51 @@ def _matches(name: str, entry: str) -> bool:
     return name == entry or name.endswith("." + entry)
 
 
+def model_family(model: nn.Module) -> families.Family | None:
+    """The family of a built model by its class or the nearest known base class (a user's subclass counts)."""
+    for cls in type(model).__mro__:
+        fam = families.of_class(f"{cls.__module__}.{cls.__qualname__}")
+        if fam is not None:
+            return fam
+    return None
+
+
+def model_class(model: nn.Module) -> str:
+    """The dotted class name of a model (as a config's ``!new:`` tag spells it); recorded in adapters."""
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_model(model: nn.Module) -> str:
+    """``CosyVoice3LM (cosyvoice3)``: the class a message names, with the family its presets come from."""
+    fam = model_family(model)
+    return f"{type(model).__name__} ({fam.name if fam else f'no known family; {DEFAULT_FAMILY} presets'})"
+
+
 def resolve_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
-    """Full names of the Linear modules LoRA goes into, in module order."""
+    """Full names of the Linear modules LoRA goes into, in module order.
+
+    A preset name means that preset of the model's family (``default``: the class's default set).
+    """
     key = f"{SECTION}.{settings.model}.target_modules"
-    linear = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linear_names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linear = set(linear_names)
     names = [name for name, _ in model.named_modules()]
-    regex = settings.target_regex
+    fam = model_family(model)
+    regex = settings.target_regex(fam.name if fam else None)
+    where = f"the {settings.model} model {describe_model(model)}"
     if regex is not None:
         found = [n for n in names if re.fullmatch(regex, n)]
         if not found:
-            raise LoraConfigError(key, f"{settings.target_modules!r} matches no module of the {settings.model} model; "
-                                  f"examples of its Linear modules: {_examples(linear)}")
+            raise LoraConfigError(key, f"{settings.target_modules!r} matches no module of {where}; "
+                                  f"{_examples(linear_names)}", hint=_hint(settings))
     else:
         found = []
         for entry in settings.target_modules:
             hits = [n for n in names if _matches(n, entry)]
             if not hits:
-                raise LoraConfigError(key, f"'{entry}' matches no module of the {settings.model} model"
-                                      f"{_closest(entry, names)}")
+                raise LoraConfigError(key, f"'{entry}' matches no module of {where}{_closest(entry, names)}; "
+                                      f"{_examples(linear_names)}", hint=_hint(settings))
             found.extend(h for h in hits if h not in found)
         found.sort(key=names.index)
     bad = [n for n in found if n not in linear]
@@ -75,5 +105,19 @@ def _closest(entry: str, names: list[str]) -> str:
     return f"; closest: {', '.join(close)}" if close else ""
 
 
-def _examples(names: set[str], n: int = 4) -> str:
-    return ", ".join(sorted(names)[:n]) or "(none)"
+def _examples(linear: list[str], n: int = 8) -> str:
+    """A few real Linear module names, one per kind, the kinds repeated in blocks first (likely targets)."""
+    if not linear:
+        return "it has no Linear modules"
+    kinds: dict[str, list[str]] = {}
+    for name in linear:
+        kinds.setdefault(re.sub(r"\.\d+(?=\.|$)", ".N", name), []).append(name)
+    order = {k: i for i, k in enumerate(kinds)}
+    picked = sorted(sorted(kinds, key=lambda k: (-len(kinds[k]), order[k]))[:n], key=order.get)
+    more = f", ... ({len(linear)} Linear modules in all)" if len(linear) > len(picked) else ""
+    return "some of its Linear modules: " + ", ".join(kinds[k][0] for k in picked) + more
+
+
+def _hint(settings: LoraSettings) -> str:
+    return (f"fix {SECTION}.{settings.model}.target_modules: a preset (or leave it out for the model's default), a "
+            "regex over full module names, or a list of names/suffixes of the Linear modules listed; see docs/lora.md")

@@ -21,7 +21,7 @@ from .base import load_base
 from .config import SECTION, LoraSettings, parse_section
 from .inject import has_lora, inject, load_exact, lora_state, module_tensors
 from .merge import merged_state_dict
-from .targets import resolve_modules_to_save, resolve_targets
+from .targets import describe_model, model_class, model_family, resolve_modules_to_save, resolve_targets
 
 log = logging.getLogger("cosyvoice_ext.lora")
 
@@ -66,8 +66,9 @@ def configure(configs: Mapping[str, Any], args: Any) -> LoraSettings | None:
     if isinstance(model, nn.Module):
         targets = resolve_targets(model, settings)
         resolve_modules_to_save(model, settings, targets)
-        log.info("cosyext lora: %s: r=%d alpha=%g dropout=%g on %d modules, checkpoint format %s",
-                 name, settings.r, settings.alpha, settings.dropout, len(targets), settings.checkpoint_format)
+        log.info("cosyext lora: %s (%s): r=%d alpha=%g dropout=%g on %d modules (target_modules %s), "
+                 "checkpoint format %s", name, describe_model(model), settings.r, settings.alpha, settings.dropout,
+                 len(targets), _spelled(settings), settings.checkpoint_format)
     return settings
 
 
@@ -89,9 +90,13 @@ def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) 
         state = checkpoints.load(ckpt, mmap=True)  # a full base is read next to the model holding it
         if checkpoints.is_adapter(state):
             resume = adapter.read(state, ckpt)
-            _check_same_settings(resume.settings, settings, ckpt)
         else:
             base_state = state
+    # targets come from the module tree alone: resolve (and compare with a resumed adapter) before the slow base load
+    targets = resolve_targets(model, settings)
+    to_save = resolve_modules_to_save(model, settings, targets)
+    if resume is not None:
+        _check_same_adapter(resume, settings, model, targets, ckpt)
     base_path = settings.base_checkpoint
     if resume is not None:
         base_path = base_path or resume.base_path
@@ -117,12 +122,10 @@ def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) 
                 hint=f"set {SECTION}.{name}.base_checkpoint to the original base checkpoint")
     if base_state is None:
         base_state = checkpoints.load(base_path, mmap=True)
-    report = load_base(model, base_state, base_path)
+    report = load_base(model, base_state, base_path, name=name)
     del base_state
     log.info("cosyext lora: base checkpoint %s (sha256 %s): %s", base_path, (digest or "?")[:12], report.summary())
 
-    targets = resolve_targets(model, settings)
-    to_save = resolve_modules_to_save(model, settings, targets)
     counts = inject(model, settings, targets, to_save)
     if resume is not None:
         n_mts = load_exact(model, resume.modules_to_save, f"adapter {ckpt} (modules_to_save)",
@@ -130,7 +133,8 @@ def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) 
         n_lora = load_exact(model, resume.lora, f"adapter {ckpt}", expected=set(lora_state(model)))
         log.info("cosyext lora: resumed %d LoRA and %d modules_to_save tensors from %s (epoch %d, step %d)",
                  n_lora, n_mts, ckpt, resume.epoch, resume.step)
-    log.info("cosyext lora: %s: LoRA r=%d on %d modules; %s", name, settings.r, len(targets), counts)
+    log.info("cosyext lora: %s (%s): LoRA r=%d on %d modules (target_modules %s); %s", name, describe_model(model),
+             settings.r, len(targets), _spelled(settings), counts)
     run = LoraRun(settings=settings, targets=targets, modules_to_save=to_save, base_path=base_path,
                   base_sha256=digest, resumed_from=ckpt if resume is not None else None)
     _runs[model] = run
@@ -152,16 +156,43 @@ def checkpoint_state(model: Any, info_dict: Mapping[str, Any]) -> dict | None:
         return None
     if run.settings.checkpoint_format == "merged":
         return {**merged_state_dict(bare), "epoch": info_dict["epoch"], "step": info_dict["step"]}
+    fam = model_family(bare)
     return adapter.build(
         settings=run.settings, lora=lora_state(bare), modules_to_save=module_tensors(bare, run.modules_to_save),
-        targets=run.targets, base_path=run.base_path, base_sha256=run.base_sha256, info_dict=info_dict)
+        targets=run.targets, base_path=run.base_path, base_sha256=run.base_sha256, info_dict=info_dict,
+        model_class=model_class(bare), family=fam.name if fam else None)
 
 
-def _check_same_settings(saved: LoraSettings, now: LoraSettings, ckpt: str) -> None:
-    for key in ("r", "target_modules", "modules_to_save"):
-        if getattr(saved, key) != getattr(now, key):
-            raise CheckpointError(
-                f"adapter {ckpt} was trained with {key}={getattr(saved, key)!r}, the config now says "
-                f"{getattr(now, key)!r}",
-                hint=f"resume with the adapter's settings ({SECTION}.{now.model}.{key}) or start from the base checkpoint")
+def _spelled(settings: LoraSettings) -> str:
+    t = settings.target_modules
+    return repr(list(t)) if isinstance(t, tuple) else repr(t)
+
+
+def _check_same_adapter(resume: adapter.AdapterCheckpoint, now: LoraSettings, model: nn.Module, targets: list[str],
+                        ckpt: str) -> None:
+    """Resume only into the same LoRA layout; the targets are compared as resolved module names (so an
+    adapter written when the default was spelled ``attention`` resumes under ``default``)."""
+    adapter.check_same_model(resume, model, ckpt)
+    saved = resume.settings
+    hint = "resume with the adapter's settings ({key}) or start from the base checkpoint"
+    if saved.r != now.r:
+        raise CheckpointError(f"adapter {ckpt} was trained with r={saved.r!r}, the config now says {now.r!r}",
+                              hint=hint.format(key=f"{SECTION}.{now.model}.r"))
+    recorded = resume.meta.get("targets")
+    if recorded is not None and list(recorded) != list(targets):
+        extra = sorted(set(targets) - set(recorded))
+        gone = sorted(set(recorded) - set(targets))
+        example = f"now also {extra[0]}" if extra else f"no longer {gone[0]}" if gone else "another order"
+        raise CheckpointError(
+            f"adapter {ckpt} was trained with target_modules={saved.target_modules!r} ({len(recorded)} modules), "
+            f"the config's target_modules={now.target_modules!r} gives {len(targets)} modules ({example})",
+            hint=hint.format(key=f"{SECTION}.{now.model}.target_modules"))
+    if recorded is None and saved.target_modules != now.target_modules:
+        raise CheckpointError(
+            f"adapter {ckpt} was trained with target_modules={saved.target_modules!r}, the config now says "
+            f"{now.target_modules!r}", hint=hint.format(key=f"{SECTION}.{now.model}.target_modules"))
+    if saved.modules_to_save != now.modules_to_save:
+        raise CheckpointError(
+            f"adapter {ckpt} was trained with modules_to_save={saved.modules_to_save!r}, the config now says "
+            f"{now.modules_to_save!r}", hint=hint.format(key=f"{SECTION}.{now.model}.modules_to_save"))
 
