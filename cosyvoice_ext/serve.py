@@ -1,6 +1,8 @@
-"""Assemble a directory upstream inference (`CosyVoice2(MODEL_DIR)`) loads: the pretrained files
-linked (or copied) untouched, our merged llm.pt/flow.pt, the speaker registered in spk2info.pt for
-prompt-free (SFT-style) inference, and a speaker_config.json entry for the user's TTS server.
+"""Assemble a directory upstream inference (`CosyVoice2(MODEL_DIR)` or `CosyVoice3(MODEL_DIR)`) loads:
+the pretrained files linked (or copied) untouched, our merged llm.pt/flow.pt, the speaker registered
+in spk2info.pt for prompt-free (SFT-style) inference, and a speaker_config.json entry for the user's
+TTS server. The family comes from the pretrained directory (its cosyvoice2.yaml or cosyvoice3.yaml,
+see :mod:`cosyvoice_ext.family`) and must be the family of the exported model.
 
 Nothing is ever written into PRETRAINED_DIR: files we replace are links in MODEL_DIR, and each one
 is swapped for a real file by rename, never written through.
@@ -15,22 +17,42 @@ from pathlib import Path
 from typing import Callable
 
 from . import checkpoints
+from . import family as families
 from .errors import UsageError
 
-#: files upstream's CosyVoice2(model_dir) opens; the yaml name differs between CosyVoice 1 and 2
-REQUIRED = ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx")
-CONFIGS = ("cosyvoice2.yaml", "cosyvoice.yaml")
+#: files upstream's CosyVoice2/CosyVoice3(model_dir) opens besides its yaml and speech tokenizer
+COMMON = ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx")
 SPK2INFO = "spk2info.pt"
 SPEAKER_CONFIG = "speaker_config.json"
+_EXAMPLE_DIRS = {"cosyvoice2": "CosyVoice2-0.5B", "cosyvoice3": "Fun-CosyVoice3-0.5B"}
 
 
-def check_pretrained(pretrained: Path) -> None:
-    missing = [f for f in REQUIRED if not (pretrained / f).exists()]
-    if not any((pretrained / c).is_file() for c in CONFIGS):
-        missing.append("cosyvoice2.yaml")
-    if missing:
-        raise UsageError(f"{pretrained} is not a CosyVoice2 pretrained directory (missing {', '.join(missing)})",
+def required(fam: families.Family) -> tuple[str, ...]:
+    """Every file a model dir of this family needs, the yaml included."""
+    return (fam.config_name, *COMMON, fam.speech_tokenizer)
+
+
+def check_pretrained(pretrained: Path, expected: families.Family | None = None) -> families.Family:
+    """The family of a pretrained model dir; UsageError when files are missing or it is not `expected`."""
+    fam = families.of_pretrained(pretrained)
+    if fam is None:
+        names = " or ".join(f.config_name for f in families.FAMILIES.values())
+        missing = [f for f in COMMON if not (pretrained / f).exists()]
+        raise UsageError(f"{pretrained} is not a CosyVoice2 or CosyVoice3 pretrained directory (no {names}"
+                         + (f"; also missing {', '.join(missing)}" if missing else "") + ")",
                          hint="pass the downloaded model dir, e.g. --serve pretrained_models/CosyVoice2-0.5B")
+    missing = [f for f in required(fam) if not (pretrained / f).exists()]
+    if missing:
+        raise UsageError(f"{pretrained} is not a complete {fam.inference_class} pretrained directory (missing "
+                         f"{', '.join(missing)})",
+                         hint="pass the downloaded model dir, e.g. --serve "
+                         f"pretrained_models/{_EXAMPLE_DIRS[fam.name]}")
+    if expected is not None and fam is not expected:
+        raise UsageError(f"{pretrained} is a {fam.inference_class} model dir ({fam.config_name}), but the config "
+                         f"trains {expected.inference_class} models",
+                         hint=f"pass the {expected.inference_class} pretrained dir the run was trained from "
+                         f"(e.g. pretrained_models/{_EXAMPLE_DIRS[expected.name]})")
+    return fam
 
 
 def link_pretrained(pretrained: Path, model_dir: Path, *, copy: bool = False, keep: tuple[str, ...] = ()) -> list[str]:
@@ -96,10 +118,14 @@ def register_speaker(pretrained: Path, model_dir: Path, name: str, embedding: li
     install_file(lambda tmp: torch.save(info, tmp), target)
 
 
-def write_speaker_config(model_dir: Path, name: str, description: str, models: dict[str, str]) -> None:
+def write_speaker_config(model_dir: Path, name: str, description: str, models: dict[str, str],
+                         family: str | None = None) -> None:
+    """Add (or replace) the speaker's entry; ``family`` ('cosyvoice2'/'cosyvoice3') tells a server which
+    inference class opens ``model_dir``."""
     path = model_dir / SPEAKER_CONFIG
     doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"speakers": []}
     entry = {"name": name, "spk_id": name, "model_dir": str(model_dir.resolve()), "description": description,
+             **({"family": family} if family else {}),
              **{k: str((model_dir / v).resolve()) for k, v in models.items()}}
     doc["speakers"] = [s for s in doc.get("speakers", []) if s.get("name") != name] + [entry]
     install_file(lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"), path)

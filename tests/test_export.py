@@ -14,8 +14,9 @@ from cosyvoice_ext.errors import CheckpointError, UsageError
 from cosyvoice_ext.lora import export as export_mod
 from cosyvoice_ext.lora import training
 from tests.helpers import run_cosyext
-from tests.test_lora_helpers import (
-    load_configs, max_abs_diff, outputs, randomize_lora, tiny_workspace, train_args,
+from tests.test_lora_helpers import (  # cv3*: fixtures, registered by importing them here
+    cv3, cv3_outputs, cv3_root, cv3_tree, load_configs, max_abs_diff, outputs, randomize_lora, tiny_workspace,
+    train_args,
 )
 
 
@@ -165,3 +166,162 @@ def test_export_command_line(ws, tmp_path, upstream_tree):
     proc = run_cosyext("export", "--model", "llm", "--run", str(tmp_path / "nope"), "--config", str(ws.config),
                        "--upstream", str(upstream_tree), "-o", str(tmp_path / "z.pt"), env=env)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "next:" in proc.stderr
+
+
+# --- CosyVoice3 (upstream ace7c47) and `export --serve` ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llm", "flow"])
+def test_cosyvoice3_export_equals_the_lora_model_and_loads_strictly(cv3, tmp_path, name):
+    model = lora_model(cv3, name, seed=23)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_epoch(run, model, 0, 1.0)
+    out = export_mod.export(model=name, config=cv3.config, out=tmp_path / f"{name}.pt", run_dir=run,
+                            progress=lambda m: None)  # base: the path the adapter recorded
+    state = checkpoints.load(out)
+    assert list(state) == list(checkpoints.load(cv3.base[name]))  # exactly the stock CosyVoice3 keys, in order
+    fresh = load_configs(cv3, name, seed=77)[name]
+    fresh.load_state_dict(state, strict=True)
+    base = load_configs(cv3, name, seed=78)[name]
+    base.load_state_dict(checkpoints.tensors(checkpoints.load(cv3.base[name])), strict=True)
+    lora_out = cv3_outputs(model, name)
+    diff, moved = max_abs_diff(lora_out, cv3_outputs(fresh, name)), max_abs_diff(lora_out, cv3_outputs(base, name))
+    print(f"\ncosyvoice3 {name}: merged vs LoRA max abs diff {diff:.2e} (loss {float(lora_out['loss']):.6f}); "
+          f"LoRA vs base {moved:.2e}")
+    assert diff <= 1e-5
+    assert moved > 1e-3
+
+
+def test_cosyvoice3_export_command_line(cv3, cv3_tree, tmp_path):
+    model = lora_model(cv3, "flow", seed=9)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_epoch(run, model, 0, 0.7)
+    write_epoch(run, model, 1, 0.6)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
+    proc = run_cosyext("export", "--model", "flow", "--run", str(run), "--config", str(cv3.config),
+                       "--upstream", str(cv3_tree), "-o", str(tmp_path / "out") + "/", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out" / "flow.pt"
+    assert "[1/1] merging" in proc.stderr and "epoch_1_whole.pt" in proc.stderr and f"wrote {out}" in proc.stderr
+    fresh = load_configs(cv3, "flow", seed=5)["flow"]
+    fresh.load_state_dict(checkpoints.load(out), strict=True)
+    assert max_abs_diff(cv3_outputs(model, "flow"), cv3_outputs(fresh, "flow")) <= 1e-5
+
+
+def _pretrained_dir(dest, fam: str, ws) -> "os.PathLike":
+    """A model dir laid out as the released ones (files upstream's inference class opens; ONNX as placeholders)."""
+    import shutil
+
+    from cosyvoice_ext import family
+
+    f = family.get(fam)
+    dest.mkdir(parents=True)
+    shutil.copy(ws.config, dest / f.config_name)
+    shutil.copytree(ws.qwen, dest / "CosyVoice-BlankEN")
+    for name in ("llm", "flow"):
+        shutil.copy(ws.base[name], dest / f"{name}.pt")
+    torch.save({"w": torch.zeros(3)}, dest / "hift.pt")
+    (dest / "campplus.onnx").write_bytes(b"onnx placeholder")
+    (dest / f.speech_tokenizer).write_bytes(b"onnx placeholder")
+    torch.save({"stock_voice": {"embedding": torch.ones(1, 192)}}, dest / "spk2info.pt")
+    return dest
+
+
+def _speaker_list(dest, spk: str, embeddings) -> "os.PathLike":
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = dest / "shard_0.parquet"
+    pq.write_table(pa.table({"spk": [spk] * len(embeddings), "spk_embedding": embeddings}), shard)
+    data_list = dest / "data.list"
+    data_list.write_text(f"{shard}\n", encoding="utf-8")
+    return data_list
+
+
+def test_cosyvoice3_export_serve_writes_a_cosyvoice3_model_dir(cv3, cv3_tree, tmp_path, capsys):
+    import json
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    from cosyvoice_ext.cli import main
+    from tests.helpers import tree_digest
+
+    pre = _pretrained_dir(tmp_path / "Fun-CosyVoice3-0.5B", "cosyvoice3", cv3)
+    before = tree_digest(pre)
+    emb = [[0.5] * 192, [1.5] * 192]
+    data_list = _speaker_list(tmp_path, "spk1", emb)
+    run = tmp_path / "run"
+    out = tmp_path / "serve" / "my_voice"
+    models = {}
+    for name in ("llm", "flow"):
+        models[name] = lora_model(cv3, name, seed=31)
+        (run / name).mkdir(parents=True)
+        write_epoch(run / name, models[name], 0, 0.5)
+        assert main(["export", "--model", name, "--run", str(run / name), "--config", str(cv3.config),
+                     "--upstream", str(cv3_tree), "--serve", str(pre), "--speaker-data", str(data_list),
+                     "--speaker-name", "my_voice", "--description", "tiny cv3 voice", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"serve with: CosyVoice3('{out}')" in printed
+    assert tree_digest(pre) == before, "the pretrained directory must never be modified"
+    for linked in ("cosyvoice3.yaml", "speech_tokenizer_v3.onnx", "campplus.onnx", "hift.pt", "CosyVoice-BlankEN"):
+        assert (out / linked).is_symlink() and (out / linked).resolve() == (pre / linked).resolve(), linked
+    # what CosyVoice3(model_dir) does: build from the dir's cosyvoice3.yaml with its Qwen dir, load llm/flow strictly
+    with open(out / "cosyvoice3.yaml", encoding="utf-8") as f:
+        configs = load_hyperpyyaml(f, overrides={"qwen_pretrain_path": str(out / "CosyVoice-BlankEN")})
+    for name in ("llm", "flow"):
+        assert not (out / f"{name}.pt").is_symlink()
+        configs[name].load_state_dict(torch.load(out / f"{name}.pt", weights_only=True), strict=True)
+        assert max_abs_diff(cv3_outputs(models[name], name), cv3_outputs(configs[name], name)) <= 1e-5
+    spk2info = torch.load(out / "spk2info.pt", weights_only=True)
+    assert set(spk2info) == {"stock_voice", "my_voice"}
+    assert torch.allclose(spk2info["my_voice"]["embedding"], torch.ones(1, 192))  # mean of 0.5 and 1.5
+    doc = json.loads((out / "speaker_config.json").read_text(encoding="utf-8"))
+    assert [e["name"] for e in doc["speakers"]] == ["my_voice"]
+    entry = doc["speakers"][0]
+    assert entry["family"] == "cosyvoice3" and entry["description"] == "tiny cv3 voice"
+    assert entry["llm"] == str((out / "llm.pt").resolve()) and entry["flow"] == str((out / "flow.pt").resolve())
+
+
+def test_export_serve_refuses_a_pretrained_dir_of_the_other_family(cv3, cv3_tree, tmp_path, capsys):
+    from cosyvoice_ext.cli import main
+
+    pre = _pretrained_dir(tmp_path / "CosyVoice2-0.5B", "cosyvoice2", cv3)  # a CosyVoice2 dir, CosyVoice3 config
+    model = lora_model(cv3, "llm", seed=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_epoch(run, model, 0, 0.5)
+    out = tmp_path / "serve" / "x"
+    assert main(["export", "--model", "llm", "--run", str(run), "--config", str(cv3.config), "--upstream",
+                 str(cv3_tree), "--serve", str(pre), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "builds CosyVoice3LM (cosyvoice3) but --serve" in err
+    assert "is a CosyVoice2 model dir (cosyvoice2.yaml)" in err
+    assert "next: pass the pretrained dir of the family" in err
+    assert not out.exists()  # checked before anything is merged or written
+
+
+def test_check_pretrained_knows_both_families(tmp_path):
+    from cosyvoice_ext import family, serve
+
+    for fam in ("cosyvoice2", "cosyvoice3"):
+        d = tmp_path / fam
+        d.mkdir()
+        f = family.get(fam)
+        for name in serve.required(f):
+            (d / name).write_bytes(b"x")
+        assert serve.check_pretrained(d) is f
+        assert serve.check_pretrained(d, expected=f) is f
+    with pytest.raises(UsageError, match="is a CosyVoice3 model dir .* the config trains CosyVoice2 models"):
+        serve.check_pretrained(tmp_path / "cosyvoice3", expected=family.COSYVOICE2)
+    (tmp_path / "cosyvoice3" / "speech_tokenizer_v3.onnx").unlink()
+    (tmp_path / "cosyvoice3" / "speech_tokenizer_v2.onnx").write_bytes(b"x")  # the v2 one does not stand in
+    with pytest.raises(UsageError, match=r"not a complete CosyVoice3 pretrained directory \(missing "
+                                         r"speech_tokenizer_v3.onnx\)") as err:
+        serve.check_pretrained(tmp_path / "cosyvoice3")
+    assert "Fun-CosyVoice3-0.5B" in err.value.hint
+    (tmp_path / "none").mkdir()
+    with pytest.raises(UsageError, match="not a CosyVoice2 or CosyVoice3 pretrained directory "
+                                         r"\(no cosyvoice2.yaml or cosyvoice3.yaml; also missing llm.pt"):
+        serve.check_pretrained(tmp_path / "none")

@@ -17,6 +17,9 @@ examples:
       --speaker-data data/train/data.list --speaker-name my_voice -o serve/my_voice
   cosyext export --model flow --run exp/flow --config ext.yaml --serve pretrained_models/CosyVoice2-0.5B \
       --speaker-data data/train/data.list --speaker-name my_voice -o serve/my_voice
+  # CosyVoice3: the same with a CosyVoice3 config and pretrained dir (an upstream tree at ace7c47 or later)
+  cosyext export --model flow --run exp/flow --config cv3-lora.yaml --upstream ~/CosyVoice \
+      --serve pretrained_models/Fun-CosyVoice3-0.5B -o serve/my_voice
 """
 
 
@@ -44,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(from epoch_N_whole.yaml) instead of the N latest")
     p.add_argument("-o", "--output", required=True, metavar="FILE|DIR", help="output file, or directory for <model>.pt")
     serve = p.add_argument_group("serving directory (--serve)")
-    serve.add_argument("--serve", metavar="PRETRAINED_DIR", help="make -o a model dir upstream inference loads: the "
-                       "pretrained files linked, the merged <model>.pt, the speaker in spk2info.pt")
+    serve.add_argument("--serve", metavar="PRETRAINED_DIR", help="make -o a model dir upstream inference loads "
+                       "(CosyVoice2 or CosyVoice3, as the pretrained dir): the pretrained files linked, the merged "
+                       "<model>.pt, the speaker in spk2info.pt")
     serve.add_argument("--copy", action="store_true", help="with --serve: copy pretrained files instead of linking")
     serve.add_argument("--speaker-data", metavar="LIST", help="with --serve: data.list whose spk_embedding registers "
                        "the speaker")
@@ -66,22 +70,33 @@ def run(args: argparse.Namespace) -> int:
     if not args.serve and (args.speaker_data or args.speaker or args.speaker_name or args.copy):
         raise UsageError("--speaker-data/--speaker/--speaker-name/--copy only apply with --serve PRETRAINED_DIR")
     out = args.output  # a str: a trailing '/' means "a directory", which Path would drop
+    check_stock = None
     if args.serve:
         from .. import serve
 
         pretrained = Path(args.serve).expanduser().resolve()
-        serve.check_pretrained(pretrained)
+        fam = serve.check_pretrained(pretrained)
         out = Path(out)
         if out.resolve() == pretrained:
             raise UsageError("-o must be a new model directory, not the pretrained one (it is never modified)")
         if args.speaker_data:  # validate before the slow merge
             spk, embedding = serve.speaker_embedding(Path(args.speaker_data), args.speaker)
-        out.mkdir(parents=True, exist_ok=True)
-        out = out / f"{args.model}.pt"
+        out = out / f"{args.model}.pt"  # export creates the directory once the model checks out
+
+        def check_stock(stock) -> None:  # the merged file must fit the yaml of the model dir it goes into
+            from ..lora.targets import describe_model, model_family
+
+            got = model_family(stock)
+            if got is not None and got is not fam:  # a class no family claims: the user knows their model
+                raise UsageError(f"--config {args.config} builds {describe_model(stock)} but --serve {pretrained} is "
+                                 f"a {fam.inference_class} model dir ({fam.config_name})",
+                                 hint="pass the pretrained dir of the family the run trained "
+                                 "(CosyVoice2-0.5B for CosyVoice2 configs, Fun-CosyVoice3-0.5B for CosyVoice3)")
     add_upstream_to_path(args.upstream)
     written = export(model=args.model, config=args.config, out=out, base=args.base, checkpoint=args.checkpoint,
                      run_dir=args.run, average_n=args.average, val_best=args.val_best,
-                     qwen_pretrain_path=args.qwen_pretrain_path, progress=lambda msg: print(msg, file=sys.stderr))
+                     qwen_pretrain_path=args.qwen_pretrain_path, progress=lambda msg: print(msg, file=sys.stderr),
+                     check_stock=check_stock)
     if args.serve:
         model_dir = written.parent
         linked = serve.link_pretrained(pretrained, model_dir, copy=args.copy,
@@ -92,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
             name = args.speaker_name or spk
             serve.register_speaker(pretrained, model_dir, name, embedding)
             serve.write_speaker_config(model_dir, name, args.description,
-                                       {m: f"{m}.pt" for m in ("llm", "flow") if (model_dir / f"{m}.pt").exists()})
+                                       {m: f"{m}.pt" for m in ("llm", "flow") if (model_dir / f"{m}.pt").exists()},
+                                       family=fam.name)
             print(f"registered speaker {name!r} in {model_dir / serve.SPK2INFO} and {serve.SPEAKER_CONFIG}",
                   file=sys.stderr)
         elif not (model_dir / serve.SPK2INFO).exists():
             serve.link_pretrained(pretrained, model_dir, copy=args.copy)
-        print(f"serve with: CosyVoice2('{model_dir}')")
+        print(f"serve with: {fam.inference_class}('{model_dir}')")
     return 0
