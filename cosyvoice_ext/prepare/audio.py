@@ -2,7 +2,10 @@
 
 The bytes stored in the shard's `audio_data` are the file's own bytes (as upstream's
 make_parquet_list.py stores them), and they are decoded from exactly those bytes here, so what
-passed the check is what training will read.
+passed the check is what training will read. The exception is a recording that must be cut to
+whole speech tokens (see `align`), or whose length another decoder may count differently (lossy
+formats): that one is stored as a WAV of its first N frames (:func:`wav_prefix`), sample for
+sample what libsndfile decodes from the file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from pathlib import Path
 import numpy as np
 
 MIN_SAMPLE_RATE = 16000  # upstream's resample() drops anything below this
+#: containers whose frame count every decoder agrees on (PCM or lossless), so the file's own bytes can be
+#: stored when no cut is needed; lossy ones (MP3, Ogg) are stored re-encoded (decoder priming differs)
+EXACT_LENGTH_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "AIFF"})
+#: read these subtypes as integers so a WAV of a prefix holds the very same sample values
+_EXACT_DTYPE = {"PCM_S8": "int16", "PCM_U8": "int16", "PCM_16": "int16", "PCM_24": "int32", "PCM_32": "int32",
+                "FLOAT": "float32", "DOUBLE": "float64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +32,14 @@ class Decoded:
 
     samples: np.ndarray
     sample_rate: int
+    #: libsndfile's container and encoding names ("WAV", "PCM_16"), "" when unknown
+    format: str = ""
+    subtype: str = ""
+
+    @property
+    def exact_length(self) -> bool:
+        """Every decoder (upstream's torchaudio/ffmpeg included) sees the same number of frames."""
+        return self.format in EXACT_LENGTH_FORMATS
 
     @property
     def seconds(self) -> float:
@@ -37,8 +54,28 @@ def decode(data: bytes) -> Decoded:
     """Decode with libsndfile (soundfile); multi-channel audio is averaged like upstream's opener does."""
     import soundfile
 
-    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return Decoded(samples.mean(axis=1).astype(np.float32), int(rate))
+    with soundfile.SoundFile(io.BytesIO(data)) as f:
+        samples = f.read(dtype="float32", always_2d=True)
+        return Decoded(samples.mean(axis=1).astype(np.float32), int(f.samplerate), f.format, f.subtype)
+
+
+def wav_prefix(path: Path, frames: int) -> bytes:
+    """A WAV of the first `frames` frames of `path`, every channel, at its own rate.
+
+    PCM and float sources keep their encoding and values exactly; others (MP3, Vorbis...) become
+    16-bit PCM. Deterministic: the same input gives the same bytes.
+    """
+    import soundfile
+
+    with soundfile.SoundFile(io.BytesIO(read_bytes(path))) as f:
+        subtype = f.subtype if f.subtype in _EXACT_DTYPE and soundfile.check_format("WAV", f.subtype) else "PCM_16"
+        data = f.read(frames=frames, dtype=_EXACT_DTYPE.get(subtype, "int16"), always_2d=True)
+        rate = f.samplerate
+    if len(data) != frames:
+        raise ValueError(f"{path} has {len(data)} frames, fewer than the {frames} planned (changed since?)")
+    out = io.BytesIO()
+    soundfile.write(out, data, rate, format="WAV", subtype=subtype)
+    return out.getvalue()
 
 
 def check(path: Path, *, min_sec: float, max_sec: float) -> tuple[Decoded | None, str | None]:
