@@ -1,10 +1,15 @@
 """`cosyext prepare` end to end on generated recordings, with tiny ONNX stand-ins of campplus and
-the speech tokenizer built in the test (same names, dtypes and shapes as the pretrained files)."""
+the speech tokenizers built in the test (same names, dtypes and shapes as the pretrained files),
+for CosyVoice2 and CosyVoice3 data; the token/audio alignment is checked against upstream's own
+data pipeline at ace7c47."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
+import subprocess
 import sys
 import wave
 from pathlib import Path
@@ -12,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cosyvoice_ext import family
 from cosyvoice_ext.cli import main
-from cosyvoice_ext.prepare import PrepareOptions, prepare
+from cosyvoice_ext.errors import UsageError
+from cosyvoice_ext.prepare import PrepareOptions, align, prepare
 from cosyvoice_ext.prepare import pipeline as pipeline_mod
-from cosyvoice_ext.prepare.standin import make_pretrained_standin
-from cosyvoice_ext.tiny.data import wav_bytes
+from cosyvoice_ext.prepare.standin import V3_TOKEN_OFFSET, make_pretrained_standin
+from cosyvoice_ext.tiny.data import wav_bytes, write_recordings
 from cosyvoice_ext.tiny.qwen import LEXICON
 
 pytest.importorskip("onnxruntime")
@@ -110,7 +117,8 @@ def _rows(data_list: Path) -> list[dict]:
     return [r for line in data_list.read_text().split() for r in pq.read_table(line).to_pylist()]
 
 
-def _expected_features(pretrained: Path, wav: Path) -> tuple[np.ndarray, list[int]]:
+def _expected_features(pretrained: Path, wav: Path,
+                       tokenizer: str = "speech_tokenizer_v2.onnx") -> tuple[np.ndarray, list[int]]:
     """Upstream's extract_embedding.py / extract_speech_token.py recipe, written out independently."""
     import onnxruntime
     import soundfile
@@ -128,10 +136,44 @@ def _expected_features(pretrained: Path, wav: Path) -> tuple[np.ndarray, list[in
     camp = onnxruntime.InferenceSession(str(pretrained / "campplus.onnx"), providers=["CPUExecutionProvider"])
     emb = camp.run(None, {camp.get_inputs()[0].name: feat.unsqueeze(0).numpy()})[0].flatten()
     mel = whisper.log_mel_spectrogram(audio, n_mels=128)
-    tok = onnxruntime.InferenceSession(str(pretrained / "speech_tokenizer_v2.onnx"), providers=["CPUExecutionProvider"])
+    tok = onnxruntime.InferenceSession(str(pretrained / tokenizer), providers=["CPUExecutionProvider"])
     ins = tok.get_inputs()
     tokens = tok.run(None, {ins[0].name: mel.numpy(), ins[1].name: np.array([mel.shape[2]], dtype=np.int32)})[0]
     return emb, tokens.flatten().tolist()
+
+
+def _decode(data: bytes) -> tuple[np.ndarray, int, str]:
+    """(frames x channels float64, rate, subtype) as libsndfile reads them."""
+    import soundfile
+
+    with soundfile.SoundFile(io.BytesIO(data)) as f:
+        return f.read(dtype="float64", always_2d=True), f.samplerate, f.subtype
+
+
+def _samples_24k(data: bytes) -> int:
+    """How long upstream's `resample` step makes this audio: torchaudio's Resample run for real."""
+    import torch
+    import torchaudio
+
+    audio, rate, _ = _decode(data)
+    mono = torch.from_numpy(audio.mean(axis=1)).float().unsqueeze(0)
+    return mono.shape[1] if rate == 24000 else torchaudio.transforms.Resample(rate, 24000)(mono).shape[1]
+
+
+def _assert_stored_audio_is_the_source_cut_to_whole_tokens(row: dict) -> None:
+    """The alignment invariant (tokens == ceil(samples_24k / 960)); audio_data is the source file's bytes,
+    or a WAV of the source's first frames (same rate, channels, encoding and sample values) cut by less
+    than two tokens."""
+    source = Path(row["wav"]).read_bytes()
+    n_tokens = len(row["speech_token"])
+    assert n_tokens == math.ceil(_samples_24k(row["audio_data"]) / 960), row["utt"]
+    if row["audio_data"] == source:
+        return
+    stored, rate, subtype = _decode(row["audio_data"])
+    original, src_rate, src_subtype = _decode(source)
+    assert (rate, subtype, stored.shape[1]) == (src_rate, src_subtype, original.shape[1])
+    assert 0 < len(original) - len(stored) < 2 * rate * 960 / 24000, "cut by less than two tokens"
+    assert np.array_equal(stored, original[:len(stored)]), "the stored audio is the source's first frames, exactly"
 
 
 # --- output format ----------------------------------------------------------------------------
@@ -174,11 +216,13 @@ def test_shards_have_upstream_columns_and_side_files(prepared, recordings):
             in_shard = pq.read_table(shard, columns=["utt", "spk"]).to_pylist()
             assert json.loads(Path(uj).read_text()) == {r["utt"]: shard for r in in_shard}
             assert json.loads(Path(sj).read_text()) == {s: shard for s in sorted({r["spk"] for r in in_shard})}
+    kept = [r["audio_data"] == Path(r["wav"]).read_bytes() for r in train + cv]
+    assert any(kept) and not all(kept), "the set has files already at whole tokens and files that need a cut"
     for r in train + cv:
         assert r["text"] == good[r["utt"]]
         assert r["spk"] == r["utt"].split("_")[0]
-        assert Path(r["wav"]).is_absolute() and r["audio_data"] == Path(r["wav"]).read_bytes()
-        assert Path(r["wav"]).is_relative_to(src)
+        assert Path(r["wav"]).is_absolute() and Path(r["wav"]).is_relative_to(src)
+        _assert_stored_audio_is_the_source_cut_to_whole_tokens(r)
         assert len(r["utt_embedding"]) == len(r["spk_embedding"]) == 192
         with wave.open(io.BytesIO(r["audio_data"])) as w:
             seconds = w.getnframes() / w.getframerate()
@@ -205,8 +249,11 @@ def test_features_follow_upstreams_extraction_recipe(prepared, pretrained):
     for utt in ("spkA_spka_01", "spkB_stereo"):  # 24 kHz mono; 44.1 kHz stereo
         emb, tokens = _expected_features(pretrained, Path(rows[utt]["wav"]))
         assert np.allclose(rows[utt]["utt_embedding"], emb, rtol=1e-5, atol=1e-6)
-        assert rows[utt]["speech_token"] == tokens
+        assert rows[utt]["speech_token"] == tokens  # the stand-in never gives surplus tokens: none dropped
     assert rows["spkA_spka_00"]["speech_token"] != rows["spkA_spka_03"]["speech_token"]
+    assert res.family == "cosyvoice2" and res.family_source == "detected from " + str(pretrained /
+                                                                                       "speech_tokenizer_v2.onnx")
+    assert res.speech_tokenizer == "speech_tokenizer_v2.onnx" and res.instruct is None
 
 
 def test_bad_files_are_reported_with_reasons_and_skipped(prepared, recordings):
@@ -402,6 +449,188 @@ def test_kaldi_dir(recordings, pretrained, tmp_path, monkeypatch):
     assert "not in wav.scp" in reasons["k5"]
 
 
+# --- alignment -------------------------------------------------------------------------------
+
+def test_resampled_length_is_torchaudios_own():
+    import torch
+    import torchaudio
+
+    # 600122 frames at 44.1 kHz: exactly 326597.007 at 24 kHz; torchaudio's float32 ceil gives 326597
+    for rate, frames in ((44100, 600122), (44100, 66150), (22050, 33075), (16000, 16001), (48000, 47999)):
+        real = torchaudio.transforms.Resample(rate, 24000)(torch.zeros(1, frames)).shape[1]
+        assert align.resampled_length(frames, rate) == real, (rate, frames)
+    assert align.resampled_length(600122, 44100) == 326597 != math.ceil(600122 * 80 / 147)
+    assert align.resampled_length(12345, 24000) == 12345
+
+
+def test_alignment_plan_cuts_audio_or_drops_surplus_tokens():
+    plan = align.plan(30000, 24000, list(range(31)))  # 31.25 tokens of audio, 31 tokens
+    assert (plan.frames, len(plan.tokens), plan.cut) == (31 * 960, 31, True)
+    plan = align.plan(30000, 24000, list(range(33)))  # one surplus token: it describes no audio
+    assert (plan.frames, plan.tokens, plan.cut) == (30000, list(range(32)), False)
+    plan = align.plan(24000, 24000, list(range(25)))
+    assert (plan.frames, plan.cut) == (24000, False)
+    for rate in (16000, 22050, 44100, 48000):
+        for tokens in (25, 26, 80):
+            frames = align.plan(tokens * rate // 25 + rate // 100, rate, list(range(tokens))).frames
+            assert math.ceil(align.resampled_length(frames, rate) / 960) == tokens
+            assert align.resampled_length(frames + 1, rate) > tokens * 960, "the longest such cut"
+    with pytest.raises(align.Misaligned, match="returned 10 tokens for 2.00 s of audio; upstream's flow needs 50"):
+        align.plan(48000, 24000, list(range(10)))
+
+
+# --- CosyVoice3 ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained3(tmp_path_factory) -> Path:
+    """A CosyVoice3 stand-in dir, detectable as a real one is: by its cosyvoice3.yaml."""
+    return make_pretrained_standin(tmp_path_factory.mktemp("pretrained3"), family="cosyvoice3",
+                                   config_text="# stand-in: prepare reads only the name\n")
+
+
+@pytest.fixture(scope="module")
+def recordings3(tmp_path_factory) -> Path:
+    """Speech-like audio of whole tokens (24 kHz; 22.05 kHz, resampled upstream) and tones of any length
+    (24 kHz mono, 44.1 kHz stereo) that need a cut."""
+    root = tmp_path_factory.mktemp("recordings3")
+    write_recordings(root, 5, seed=3, min_sec=1.2, max_sec=2.5, speaker="ana")
+    write_recordings(root, 3, seed=4, min_sec=1.2, max_sec=2.5, sample_rate=22050, speaker="ben")
+    (root / "cid").mkdir()
+    for name, tone in (("odd", _tone(1.37, 24000, 220)), ("wide", _tone(1.61, 44100, 260, channels=2))):
+        (root / "cid" / f"{name}.wav").write_bytes(tone)
+        (root / "cid" / f"{name}.txt").write_text("ba do ki", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared3(recordings3, pretrained3, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("prepared3") / "data"
+    res = prepare(PrepareOptions(src=recordings3, dest=dest, pretrained=pretrained3, cv_ratio=0.25, shard_size=3,
+                                 progress=False))
+    return dest, res
+
+
+def test_cosyvoice3_data_has_instruct_and_v3_tokens(prepared3, pretrained3, recordings3):
+    import pyarrow.parquet as pq
+
+    dest, res = prepared3
+    assert (res.family, res.family_source) == ("cosyvoice3", f"detected from {pretrained3 / 'cosyvoice3.yaml'}")
+    assert res.speech_tokenizer == "speech_tokenizer_v3.onnx"
+    assert res.instruct == family.COSYVOICE3.default_instruct == "You are a helpful assistant.<|endofprompt|>"
+    rows = _rows(res.train_list) + _rows(res.cv_list)
+    assert len(rows) == 10 and res.utts == {"train": 8, "cv": 2}
+    for shard in (dest / "train" / "data.list").read_text().split():
+        assert pq.read_schema(shard).names == COLUMNS + ["instruct"]
+    for r in rows:
+        assert r["instruct"] == res.instruct
+        assert min(r["speech_token"]) >= V3_TOKEN_OFFSET, "tokens come from speech_tokenizer_v3.onnx"
+        emb, tokens = _expected_features(pretrained3, Path(r["wav"]), "speech_tokenizer_v3.onnx")
+        assert np.allclose(r["utt_embedding"], emb, rtol=1e-5, atol=1e-6) and r["speech_token"] == tokens
+        _assert_stored_audio_is_the_source_cut_to_whole_tokens(r)
+    summary = json.loads((dest / "prepare_summary.json").read_text())
+    assert {k: summary[k] for k in ("family", "instruct", "speech_tokenizer")} == {
+        "family": "cosyvoice3", "instruct": res.instruct, "speech_tokenizer": "speech_tokenizer_v3.onnx"}
+    assert summary["alignment"]["samples_per_token"] == 960 and summary["alignment"]["audio_cut"] == res.audio_cut > 0
+
+
+def test_family_is_detected_from_the_tokenizer_when_the_dir_has_no_yaml(recordings3, tmp_path, capsys):
+    bare = make_pretrained_standin(tmp_path / "bare3", family="cosyvoice3")
+    assert not list(bare.glob("*.yaml"))
+    assert main(["prepare", str(recordings3), str(tmp_path / "out"), "--pretrained", str(bare), "--no-progress",
+                 "--cv-ratio", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"family: cosyvoice3 (detected from {bare / 'speech_tokenizer_v3.onnx'}); " \
+           "speech tokens: speech_tokenizer_v3.onnx; instruct: 'You are a helpful assistant.<|endofprompt|>'" in out
+    assert "aligned to whole tokens: audio cut in" in out
+    assert {r["instruct"] for r in _rows(tmp_path / "out" / "train" / "data.list")} == {
+        family.COSYVOICE3.default_instruct}
+
+
+def test_explicit_family_and_instruct(recordings3, pretrained3, pretrained, tmp_path, capsys):
+    instruct = "You are a helpful assistant. Speak slowly.<|endofprompt|>"
+    assert main(["prepare", str(recordings3), str(tmp_path / "a"), "--pretrained", str(pretrained3), "--family",
+                 "cosyvoice3", "--instruct", instruct, "--no-progress"]) == 0
+    assert "family: cosyvoice3 (--family)" in capsys.readouterr().out
+    assert {r["instruct"] for r in _rows(tmp_path / "a" / "train" / "data.list")} == {instruct}
+    # without features: no tokenizer, but still the family's columns
+    res = prepare(PrepareOptions(src=recordings3, dest=tmp_path / "b", no_features=True, family="cosyvoice3",
+                                 cv_ratio=0, progress=False))
+    assert (res.family, res.family_source, res.speech_tokenizer) == ("cosyvoice3", "--family", "")
+    assert all(r["instruct"] == res.instruct and r["speech_token"] == [] for r in _rows(res.train_list))
+    # CosyVoice2 stays as it was: no instruct column
+    res = prepare(PrepareOptions(src=recordings3, dest=tmp_path / "c", pretrained=pretrained, family="cosyvoice2",
+                                 cv_ratio=0, progress=False))
+    assert "instruct" not in _rows(res.train_list)[0] and res.speech_tokenizer == "speech_tokenizer_v2.onnx"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family", "cosyvoice2", "--pretrained", "{v3}"],
+     "--family cosyvoice2, but {v3} is a CosyVoice3 model directory (it holds cosyvoice3.yaml)"),
+    (["--family", "cosyvoice3", "--pretrained", "{v2}"],
+     "--family cosyvoice3, but {v2} is a CosyVoice2 model directory (it holds speech_tokenizer_v2.onnx)"),
+    (["--pretrained", "{v2}", "--instruct", "You are a helpful assistant.<|endofprompt|>"],
+     "--instruct is for CosyVoice3 data; CosyVoice2 samples carry no instruct text"),
+    (["--pretrained", "{v3}", "--instruct", "Speak slowly."],
+     "--instruct 'Speak slowly.' lacks <|endofprompt|>"),
+])
+def test_family_conflicts_are_errors_that_say_what_was_seen(recordings3, pretrained, pretrained3, tmp_path, capsys,
+                                                             argv, message):
+    argv = [a.format(v2=pretrained, v3=pretrained3) for a in argv]
+    assert main(["prepare", str(recordings3), str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(v2=pretrained, v3=pretrained3) in err
+    assert not (tmp_path / "out").exists(), "nothing is written"
+
+
+def test_unknown_family_is_a_usage_error(recordings3, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", str(recordings3), str(tmp_path / "out"), "--family", "cosyvoice4", "--no-features"])
+    assert exc.value.code == 2 and "invalid choice: 'cosyvoice4'" in capsys.readouterr().err
+
+
+def test_resume_refuses_data_for_another_family_or_instruct(recordings3, pretrained, pretrained3, tmp_path,
+                                                          monkeypatch):
+    from cosyvoice_ext.prepare.features import OnnxFeatures
+
+    opts = dict(src=recordings3, cv_ratio=0.25, shard_size=3, progress=False)
+    clean = prepare(PrepareOptions(dest=tmp_path / "clean", pretrained=pretrained3, **opts))
+    dest = tmp_path / "resumed"
+    real_extract, calls = OnnxFeatures.extract, []
+
+    def dies_on_third(self, audio):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_extract(self, audio)
+
+    monkeypatch.setattr(OnnxFeatures, "extract", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(PrepareOptions(dest=dest, pretrained=pretrained3, **opts))
+    monkeypatch.setattr(OnnxFeatures, "extract", real_extract)
+    before = sorted(p.name for p in dest.rglob("*"))
+
+    with pytest.raises(UsageError) as exc:  # the v2 dir: another family, another tokenizer
+        prepare(PrepareOptions(dest=dest, pretrained=pretrained, resume=True, **opts))
+    assert "holds data prepared for cosyvoice3 (speech_tokenizer_v3.onnx, instruct 'You are a helpful " \
+           "assistant.<|endofprompt|>'); this run is for cosyvoice2 (speech_tokenizer_v2.onnx)" in str(exc.value)
+    assert "--family cosyvoice3" in exc.value.hint and "--resume" in exc.value.hint
+    with pytest.raises(UsageError, match="instruct 'You are a helpful assistant. Speak slowly.<|endofprompt|>'"):
+        prepare(PrepareOptions(dest=dest, pretrained=pretrained3, resume=True,
+                               instruct="You are a helpful assistant. Speak slowly.<|endofprompt|>", **opts))
+    assert sorted(p.name for p in dest.rglob("*")) == before, "a refused resume writes nothing"
+
+    res = prepare(PrepareOptions(dest=dest, pretrained=pretrained3, resume=True, **opts))
+    assert res.features_reused == 2 and res.features_computed == clean.features_computed - 2
+    assert _tree(dest) == _tree(tmp_path / "clean")
+
+
+def test_resume_of_a_dest_from_before_families_counts_as_cosyvoice2(recordings3, pretrained3, tmp_path):
+    dest = tmp_path / "old"
+    (dest / ".cosyext-prepare").mkdir(parents=True)  # what an earlier cosyext left: state without run.json
+    with pytest.raises(UsageError, match="holds data prepared for cosyvoice2 .*this run is for cosyvoice3"):
+        prepare(PrepareOptions(src=recordings3, dest=dest, pretrained=pretrained3, resume=True, progress=False))
+
+
 # --- the real upstream Dataset ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -441,3 +670,118 @@ def test_upstream_dataset_pipeline_reads_the_shards(upstream_root, prepared, tmp
                 n = int(b["speech_token_len"][i])
                 assert b["speech_token"][i, :n].tolist() == expected[utt]["speech_token"][:n]
                 assert n >= len(expected[utt]["speech_token"]) - 1
+
+
+# --- upstream's data pipeline at ace7c47: the alignment the flow needs ----------------------------
+
+ACE7C47 = "ace7c47"
+MATCHA_COMMIT = "dd9105b34bf2be2230f4aa1e4769fb586a3c824e"
+#: the recipe blocks that decide speech_feat and speech_token lengths, taken from upstream's own yaml
+PIPELINE_KEYS = ("sample_rate", "filter", "resample", "feat_extractor", "compute_fbank", "parse_embedding", "padding")
+RECIPES = {"cosyvoice2": "examples/libritts/cosyvoice2/conf/cosyvoice2.yaml",
+           "cosyvoice3": "examples/libritts/cosyvoice3/conf/cosyvoice3.yaml"}
+
+# Runs in a subprocess: its `cosyvoice` is ace7c47's, not the pin's other tests import in-process.
+PROCESSOR_CHECK = r'''
+import json, sys
+from hyperpyyaml import load_hyperpyyaml
+from cosyvoice.dataset import processor
+
+jobs = json.loads(sys.argv[1])
+
+def with_text_token(data):  # stands in for `tokenize`: filter and compute_fbank only need its length
+    for sample in data:
+        sample["text_token"] = list(range(len(sample["text"].split())))
+        yield sample
+
+out = {}
+for recipe, data_list in jobs:
+    with open(recipe) as f:
+        conf = load_hyperpyyaml(f)
+    data = [{"src": f} for f in open(data_list).read().split()]
+    stream = with_text_token(processor.parquet_opener(data))
+    for step in ("filter", "resample", "compute_fbank", "parse_embedding"):  # data_pipeline's order
+        stream = conf[step](stream)
+    samples = list(stream)
+    batch = next(conf["padding"]([samples]))
+    lengths = zip(batch["speech_feat_len"].tolist(), batch["speech_token_len"].tolist())
+    for utt, (feat_len, token_len) in zip(batch["utts"], lengths):
+        out[utt] = [feat_len, token_len]
+    out["<batch " + data_list + ">"] = [batch["speech_feat"].shape[1], batch["speech_token"].shape[1]]
+print(json.dumps(out))
+'''
+
+
+def _recipe_blocks(yaml_text: str, keys: tuple[str, ...]) -> str:
+    """The top-level blocks `keys` of an upstream config, verbatim (the rest would build whole models)."""
+    blocks, current = [], None
+    for line in yaml_text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            current = line.split(":", 1)[0] if line.split(":", 1)[0] in keys else None
+        if current:
+            blocks.append(line)
+    return "\n".join(blocks) + "\n"
+
+
+def _bundle_folder() -> Path:
+    """Where upstream's git bundles are: $COSYEXT_UPSTREAM_MIRROR, else the checkout's ../shared/upstream."""
+    folder = Path(os.environ.get("COSYEXT_UPSTREAM_MIRROR") or Path(__file__).resolve().parents[2] / "shared" /
+                  "upstream")
+    if not (folder / "CosyVoice.bundle").is_file() or not (folder / "Matcha-TTS.bundle").is_file():
+        pytest.fail(f"no upstream bundles in {folder} (CosyVoice.bundle, Matcha-TTS.bundle): set "
+                    "COSYEXT_UPSTREAM_MIRROR to a folder holding them")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ace7c47_tree(request, tmp_path_factory) -> Path:
+    """Upstream at ace7c47 (pristine: the data pipeline is not patched): the session fixture when the
+    suite has one, else a checkout from the bundles."""
+    try:
+        upstream_at = request.getfixturevalue("upstream_at")
+    except pytest.FixtureLookupError:
+        upstream_at = None
+    if upstream_at is not None:
+        return upstream_at(ACE7C47, patched=False)
+    folder, root = _bundle_folder(), tmp_path_factory.mktemp("ace7c47") / "CosyVoice"
+    matcha = root / "third_party" / "Matcha-TTS"
+    for cmd in (["git", "clone", "-q", "--no-checkout", str(folder / "CosyVoice.bundle"), str(root)],
+                ["git", "-C", str(root), "checkout", "-q", ACE7C47],
+                ["git", "clone", "-q", "--no-checkout", str(folder / "Matcha-TTS.bundle"), str(matcha)],
+                ["git", "-C", str(matcha), "checkout", "-q", MATCHA_COMMIT]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return root
+
+
+def _upstream_lengths(tree: Path, jobs: list[tuple[str, Path]], tmp_path: Path) -> dict[str, list[int]]:
+    """{utt: [speech_feat_len, speech_token_len]} from upstream's pipeline, per (family recipe, data.list)."""
+    recipes = {}
+    for fam in {fam for fam, _ in jobs}:
+        recipes[fam] = tmp_path / f"{fam}-pipeline.yaml"
+        recipes[fam].write_text(_recipe_blocks((tree / RECIPES[fam]).read_text(encoding="utf-8"), PIPELINE_KEYS))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "third_party" / "Matcha-TTS")]),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("onnx_path", None)  # precomputed tokens: online extraction off
+    job = json.dumps([[str(recipes[fam]), str(data_list)] for fam, data_list in jobs])
+    proc = subprocess.run([sys.executable, "-c", PROCESSOR_CHECK, job], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.upstream
+@pytest.mark.slow  # ~30 s: a fresh interpreter imports torch, whisper and matcha
+def test_upstream_pipeline_at_ace7c47_gives_two_mel_frames_per_stored_token(ace7c47_tree, prepared, prepared3,
+                                                                            tmp_path):
+    """What the flows at ace7c47 need (`h` = tokens upsampled x2 meets `speech_feat` frame by frame), for
+    every prepared row of both families, through upstream's own filter/resample/compute_fbank/padding."""
+    jobs = [(fam, lst) for fam, res in (("cosyvoice2", prepared[1]), ("cosyvoice3", prepared3[1]))
+            for lst in (res.train_list, res.cv_list)]
+    stored = {r["utt"]: len(r["speech_token"]) for _, lst in jobs for r in _rows(lst)}
+    lengths = _upstream_lengths(ace7c47_tree, jobs, tmp_path)
+    batches = {k: v for k, v in lengths.items() if k.startswith("<batch")}
+    per_utt = {k: v for k, v in lengths.items() if not k.startswith("<batch")}
+    assert len(batches) == 4 and sorted(per_utt) == sorted(stored), "upstream's filter kept every prepared row"
+    for utt, (feat_len, token_len) in per_utt.items():
+        assert token_len == stored[utt] and feat_len == 2 * token_len, (utt, feat_len, token_len)
+    assert all(feat == 2 * tok for feat, tok in batches.values()), batches

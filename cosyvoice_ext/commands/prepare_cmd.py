@@ -6,9 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..family import COSYVOICE3, FAMILIES
+
+FAMILY_NAMES = tuple(FAMILIES)
+DEFAULT_INSTRUCT = COSYVOICE3.default_instruct
+
 EXAMPLES = """\
 examples:
   cosyext prepare recordings/ data/ --pretrained pretrained_models/CosyVoice2-0.5B
+  cosyext prepare recordings/ data/ --pretrained pretrained_models/Fun-CosyVoice3-0.5B   # CosyVoice3 (detected)
+  cosyext prepare recordings/ data/ --pretrained DIR3 --instruct "Speak slowly.<|endofprompt|>"
   cosyext prepare kaldi/train data/ --pretrained pretrained_models/CosyVoice2-0.5B --cv-ratio 0.1 --seed 3
   cosyext prepare recordings/ data/ --pretrained pretrained_models/CosyVoice2-0.5B --resume   # after Ctrl-C
   cosyext prepare recordings/ inspect/ --no-features     # zeros instead of features: lint/inspection only
@@ -17,6 +24,10 @@ SRC is a folder of NAME.wav + NAME.txt (or NAME.lab) pairs, searched recursively
 sub-folder name, or SRC's name for files at the top; --speaker overrides), or a Kaldi data dir with
 wav.scp, text and utt2spk (or spk2utt). DEST gets train/ and cv/, each with parquet/ shards,
 data.list, utt2data.list and spk2data.list, plus prepare_report.tsv (every skipped file and why).
+The model family (CosyVoice2 or CosyVoice3) is read from the pretrained directory (cosyvoice3.yaml
+there means CosyVoice3) unless --family says; CosyVoice3 data gets speech tokens from
+speech_tokenizer_v3.onnx and an `instruct` text on every sample. Speech tokens and stored audio are
+lined up the way upstream's flow needs them (tokens == ceil(samples at 24 kHz / 960)).
 Train with: --train_data DEST/train/data.list --cv_data DEST/cv/data.list
 """
 
@@ -25,15 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
         help="recordings + transcripts -> upstream parquet shards with speaker embeddings and speech tokens",
-        description="Build upstream CosyVoice training data (parquet shards, data.list; train and cv) from raw "
-        "audio and transcripts, with campplus speaker embeddings and speech tokens from the pretrained "
+        description="Build upstream CosyVoice2/CosyVoice3 training data (parquet shards, data.list; train and cv) "
+        "from raw audio and transcripts, with campplus speaker embeddings and speech tokens from the pretrained "
         "model's ONNX files. Resumable; unusable files are reported and skipped.\n\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", type=Path, help="folder of wav + txt/lab pairs, or a Kaldi data dir")
     p.add_argument("dest", metavar="DEST", type=Path, help="output directory")
     p.add_argument("--pretrained", metavar="DIR", type=Path,
-                   help="CosyVoice2 pretrained dir (campplus.onnx, speech_tokenizer_v2.onnx)")
+                   help="pretrained model dir: campplus.onnx and speech_tokenizer_v2.onnx (CosyVoice2) "
+                        "or speech_tokenizer_v3.onnx (CosyVoice3)")
+    p.add_argument("--family", choices=sorted(FAMILY_NAMES),
+                   help="model family the data is for (default: detected from --pretrained, else cosyvoice2)")
+    p.add_argument("--instruct", metavar="TEXT",
+                   help="CosyVoice3 only: the instruct text on every sample, must contain <|endofprompt|> "
+                        f"(default {DEFAULT_INSTRUCT!r})")
     p.add_argument("--no-features", action="store_true",
                    help="without --pretrained: write zero embeddings and no tokens (not trainable)")
     p.add_argument("--cv-ratio", type=float, default=0.05, metavar="R",
@@ -56,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     opts = PrepareOptions(src=args.src, dest=args.dest, pretrained=args.pretrained, no_features=args.no_features,
                           cv_ratio=args.cv_ratio, shard_size=args.shard_size, min_sec=args.min_sec,
                           max_sec=args.max_sec, seed=args.seed, resume=args.resume, speaker=args.speaker,
-                          progress=False if args.no_progress else None)
+                          progress=False if args.no_progress else None, family=args.family, instruct=args.instruct)
     try:
         res = prepare(opts)
     except KeyboardInterrupt:
@@ -66,8 +83,13 @@ def run(args: argparse.Namespace) -> int:
     for name, path in (("train", res.train_list), ("cv", res.cv_list)):
         print(f"{name + ':':6} {res.utts[name]} utterances ({_duration(res.seconds[name])}) in "
               f"{res.shards[name]} shard(s) -> {path}")
+    print(f"family: {res.family} ({res.family_source}); speech tokens: {res.speech_tokenizer or 'none (--no-features)'}"
+          + (f"; instruct: {res.instruct!r}" if res.instruct is not None else ""))
     print(f"features: {res.features_computed} computed, {res.features_reused} reused; shards: "
           f"{res.shards_written} written, {res.shards_reused} reused")
+    if res.audio_cut or res.tokens_dropped:
+        print(f"aligned to whole tokens: audio cut in {res.audio_cut}, surplus tokens dropped in "
+              f"{res.tokens_dropped} utterance(s) (under 0.1 s each)")
     if res.skipped:
         print(f"skipped {len(res.skipped)} file(s); reasons in {res.report}")
     return 0
@@ -82,6 +104,10 @@ def resume_command(args: argparse.Namespace) -> str:
         parts += ["--pretrained", str(args.pretrained)]
     if args.no_features:
         parts.append("--no-features")
+    if args.family:
+        parts += ["--family", args.family]
+    if args.instruct is not None:
+        parts += ["--instruct", args.instruct]
     parts += ["--cv-ratio", f"{args.cv_ratio:g}", "--shard-size", str(args.shard_size), "--min-sec",
               f"{args.min_sec:g}", "--max-sec", f"{args.max_sec:g}", "--seed", str(args.seed)]
     if args.speaker:

@@ -2,9 +2,11 @@
 parquet shards and `data.list` files upstream CosyVoice's training reads.
 
 The stages are separate modules so each can be tested on its own: `sources` finds utterances,
-`audio` decodes and checks them, `features` runs the pretrained campplus / speech-tokenizer ONNX
-models, `state` remembers finished work for `--resume`, `shards` writes the upstream format, and
-`pipeline` ties them together. `standin` builds tiny ONNX models with the real ones' signatures.
+`audio` decodes and checks them, `family_choice` picks CosyVoice2 or CosyVoice3 (tokenizer, instruct),
+`features` runs the pretrained campplus / speech-tokenizer ONNX models, `align` makes stored audio
+and speech tokens line up as upstream's flow requires, `state` remembers finished work for `--resume`,
+`shards` writes the upstream format, and `pipeline` ties them together. `standin` builds tiny ONNX
+models with the real ones' signatures.
 """
 
 from __future__ import annotations

@@ -2,6 +2,12 @@
 upstream's tools/extract_embedding.py and tools/extract_speech_token.py compute them (16 kHz;
 80-bin Kaldi fbank minus its mean for campplus; 128-bin Whisper log-mel for the tokenizer), on CPU.
 
+The tokenizer file is the family's: `speech_tokenizer_v2.onnx` (CosyVoice2) or
+`speech_tokenizer_v3.onnx` (CosyVoice3). At ace7c47 upstream feeds both the same way (its
+extract_speech_token.py is byte-identical to the 2025 pin's and serves both recipes; the inference
+front end's `_extract_speech_token` is shared too): 128-bin log-mel `[1, 128, T]` float32 and its
+frame count `[1]` int32, by input position, 25 tokens per second out.
+
 Torch, torchaudio, whisper and onnxruntime are imported only when features are actually computed.
 """
 
@@ -12,13 +18,15 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import family as fam_mod
 from ..errors import EnvironmentProblem, UsageError
 from .audio import Decoded
 
 EMBED_DIM = 192
 FEATURE_RATE = 16000
 CAMPPLUS = "campplus.onnx"
-SPEECH_TOKENIZER = "speech_tokenizer_v2.onnx"
+#: CosyVoice2's tokenizer (kept for callers of the 2025 API; the family names the one used)
+SPEECH_TOKENIZER = fam_mod.COSYVOICE2.speech_tokenizer
 
 
 class FeatureError(Exception):
@@ -27,6 +35,8 @@ class FeatureError(Exception):
 
 class Extractor(Protocol):
     identity: str
+    #: the speech tokenizer file used ("" without features)
+    speech_tokenizer: str
 
     def extract(self, audio: Decoded) -> tuple[list[float], list[int]]:
         """(utt_embedding of EMBED_DIM floats, speech tokens)."""
@@ -36,6 +46,7 @@ class NoFeatures:
     """Zeros and no tokens, for `--no-features` (data inspection, lint): not trainable."""
 
     identity = "none"
+    speech_tokenizer = ""
 
     def extract(self, audio: Decoded) -> tuple[list[float], list[int]]:
         return [0.0] * EMBED_DIM, []
@@ -46,16 +57,26 @@ def _file_identity(path: Path) -> str:
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
-class OnnxFeatures:
-    """campplus + speech tokenizer sessions from a CosyVoice2 pretrained directory."""
+#: where users get each family's pretrained directory
+DOWNLOAD_HINT = {
+    "cosyvoice2": "modelscope download --model iic/CosyVoice2-0.5B --local_dir pretrained_models/CosyVoice2-0.5B",
+    "cosyvoice3": "modelscope download --model FunAudioLLM/Fun-CosyVoice3-0.5B-2512 "
+                  "--local_dir pretrained_models/Fun-CosyVoice3-0.5B",
+}
 
-    def __init__(self, pretrained: Path, *, threads: int = 1) -> None:
+
+class OnnxFeatures:
+    """campplus + the family's speech tokenizer sessions from a pretrained directory."""
+
+    def __init__(self, pretrained: Path, *, family: fam_mod.Family = fam_mod.COSYVOICE2, threads: int = 1) -> None:
         pretrained = Path(pretrained).expanduser().resolve()
-        missing = [n for n in (CAMPPLUS, SPEECH_TOKENIZER) if not (pretrained / n).is_file()]
+        self.speech_tokenizer = tokenizer_name = family.speech_tokenizer
+        missing = [n for n in (CAMPPLUS, tokenizer_name) if not (pretrained / n).is_file()]
         if missing:
             raise UsageError(
-                f"{pretrained} has no {' or '.join(missing)}: --pretrained must be a CosyVoice2 model directory",
-                hint="modelscope download --model iic/CosyVoice2-0.5B --local_dir pretrained_models/CosyVoice2-0.5B")
+                f"{pretrained} has no {' or '.join(missing)}: --pretrained must be a {family.inference_class} "
+                "model directory",
+                hint=DOWNLOAD_HINT.get(family.name, "pass the pretrained model directory"))
         try:
             import onnxruntime
         except ImportError as exc:
@@ -71,15 +92,15 @@ class OnnxFeatures:
         try:
             self._campplus = onnxruntime.InferenceSession(str(pretrained / CAMPPLUS), sess_options=option,
                                                           providers=providers)
-            self._tokenizer = onnxruntime.InferenceSession(str(pretrained / SPEECH_TOKENIZER), sess_options=option,
+            self._tokenizer = onnxruntime.InferenceSession(str(pretrained / tokenizer_name), sess_options=option,
                                                            providers=providers)
         except Exception as exc:
             raise UsageError(f"cannot load the ONNX models in {pretrained}: {exc}",
                              hint="re-download the pretrained model directory") from exc
         if len(self._tokenizer.get_inputs()) < 2:
-            raise UsageError(f"{pretrained / SPEECH_TOKENIZER} takes {len(self._tokenizer.get_inputs())} input(s); "
+            raise UsageError(f"{pretrained / tokenizer_name} takes {len(self._tokenizer.get_inputs())} input(s); "
                              "the speech tokenizer takes (feats, feats_length)")
-        self.identity = f"{_file_identity(pretrained / CAMPPLUS)};{_file_identity(pretrained / SPEECH_TOKENIZER)}"
+        self.identity = f"{_file_identity(pretrained / CAMPPLUS)};{_file_identity(pretrained / tokenizer_name)}"
         self._resamplers: dict[int, object] = {}
 
     def _to_16k(self, audio: Decoded):
@@ -113,7 +134,7 @@ class OnnxFeatures:
         emb = np.asarray(emb, dtype=np.float32).ravel()
         if emb.size != EMBED_DIM:
             raise UsageError(f"{CAMPPLUS} returned {emb.size} values per utterance, expected {EMBED_DIM}",
-                             hint="--pretrained must be a CosyVoice2 model directory")
+                             hint="--pretrained must be a CosyVoice2 or CosyVoice3 model directory")
         if not np.isfinite(emb).all():
             raise FeatureError("speaker embedding is not finite")
         token_list = [int(t) for t in np.asarray(tokens).ravel()]
@@ -122,13 +143,19 @@ class OnnxFeatures:
         return [float(x) for x in emb], token_list
 
 
-def open_extractor(pretrained: Path | None, no_features: bool) -> Extractor:
+def open_extractor(pretrained: Path | None, no_features: bool,
+                   family: fam_mod.Family = fam_mod.COSYVOICE2) -> Extractor:
     if pretrained is not None:
-        return OnnxFeatures(pretrained)
+        return OnnxFeatures(pretrained, family=family)
     if no_features:
         return NoFeatures()
     raise UsageError(
-        "speaker embeddings and speech tokens need the pretrained CosyVoice2 model: training reads "
+        f"speaker embeddings and speech tokens need the pretrained {family.inference_class} model: training reads "
         "utt_embedding, spk_embedding and speech_token from every sample",
-        hint="cosyext prepare SRC DEST --pretrained pretrained_models/CosyVoice2-0.5B   "
+        hint=f"cosyext prepare SRC DEST --pretrained {example_pretrained(family)}   "
              "(or add --no-features to write zeros for data inspection only)")
+
+
+def example_pretrained(family: fam_mod.Family) -> str:
+    """Where upstream's README puts the family's pretrained directory (for hints)."""
+    return {"cosyvoice3": "pretrained_models/Fun-CosyVoice3-0.5B"}.get(family.name, "pretrained_models/CosyVoice2-0.5B")

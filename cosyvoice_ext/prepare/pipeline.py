@@ -4,6 +4,9 @@ Features are computed before the split so the split only ever sees usable uttera
 speaker embedding (mean of a speaker's utterance embeddings, train and cv together) is final
 before any shard holding that speaker is written. Same sources and options give the same bytes,
 whether or not the run was interrupted and resumed on the way.
+
+The model family (`family_choice`) picks the speech tokenizer and adds CosyVoice3's `instruct`
+column; every row's tokens and stored audio satisfy upstream's token/mel alignment (`align`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import family as fam_mod
 from ..errors import CosyextError, UsageError
+from . import align
 from . import audio as audio_mod
-from .features import FeatureError, open_extractor
+from .family_choice import Choice, choose
+from .features import FeatureError, NoFeatures, example_pretrained, open_extractor
 from .shards import remove_stale, shard_paths, write_lists, write_shard
 from .sources import Problem, Utterance, discover
 from .state import STATE_DIR, PrepareState, file_key, write_atomic
@@ -51,6 +57,10 @@ class PrepareOptions:
     resume: bool = False
     speaker: str | None = None
     progress: bool | None = None  # None: a bar only when stderr is a terminal
+    #: "cosyvoice2" / "cosyvoice3"; None: detected from `pretrained`, else CosyVoice2
+    family: str | None = None
+    #: CosyVoice3's instruct text; None: the family's default
+    instruct: str | None = None
 
 
 @dataclasses.dataclass
@@ -67,6 +77,15 @@ class PrepareResult:
     shards_written: int = 0
     shards_reused: int = 0
     features: str = "onnx"
+    family: str = "cosyvoice2"
+    #: how the family was chosen: "--family", "detected from DIR/FILE", "default"
+    family_source: str = "default"
+    instruct: str | None = None
+    #: the tokenizer file the speech tokens come from ("" with --no-features)
+    speech_tokenizer: str = ""
+    #: utterances whose stored audio was cut to whole tokens / whose surplus tokens were dropped
+    audio_cut: int = 0
+    tokens_dropped: int = 0
 
 
 def _check_options(o: PrepareOptions) -> None:
@@ -118,7 +137,8 @@ def prepare(o: PrepareOptions) -> PrepareResult:
     from tqdm import tqdm
 
     _check_options(o)
-    extractor = open_extractor(o.pretrained, o.no_features)
+    choice = choose(o.family, o.pretrained, o.instruct)
+    extractor = open_extractor(o.pretrained, o.no_features, choice.family)
     dest = Path(o.dest).expanduser().resolve()
     if PrepareState.exists(dest) and not o.resume:
         raise UsageError(f"{dest} holds an earlier 'cosyext prepare' run",
@@ -127,18 +147,40 @@ def prepare(o: PrepareOptions) -> PrepareResult:
     utts, problems = discover(Path(o.src), speaker=o.speaker)
     for p in problems:
         _say(f"skipped {p.path or p.utt}: {p.reason}")
-    dest.mkdir(parents=True, exist_ok=True)
     state = PrepareState(dest)
+    state.check_run({"family": choice.family.name, "instruct": choice.instruct,
+                     "speech_tokenizer": extractor.speech_tokenizer, "models": extractor.identity},
+                    resume_hint=lambda earlier: _resume_hint(o, choice, earlier))
     state.load()
     state.open()
     try:
         records, keys, stats = _features(utts, state, extractor, o, problems, tqdm)
-        result = _write(dest, utts, records, keys, state, o, problems, tqdm)
+        result = _write(dest, utts, records, keys, state, o, choice, extractor.speech_tokenizer, problems, tqdm)
     finally:
         state.close()
     result.features_computed, result.features_reused = stats
-    result.features = "none" if o.no_features and o.pretrained is None else "onnx"
+    result.features = "none" if isinstance(extractor, NoFeatures) else "onnx"
     return result
+
+
+def _resume_hint(o: PrepareOptions, choice: Choice, earlier: dict[str, Any]) -> str:
+    """The command that continues the run DEST holds (its family and instruct)."""
+    import shlex
+
+    family = fam_mod.FAMILIES.get(str(earlier.get("family")), fam_mod.COSYVOICE2)
+    parts = ["cosyext", "prepare", str(o.src), str(o.dest), "--family", family.name]
+    if earlier.get("instruct") is not None:
+        parts += ["--instruct", earlier["instruct"]]
+    if o.pretrained is not None:
+        parts += ["--pretrained", str(o.pretrained) if family is choice.family else example_pretrained(family)]
+    return shlex.join(parts + ["--resume"])
+
+
+def models_identity(extractor) -> str:
+    """What a cached feature record must match: the ONNX files, and (with tokens) the alignment rule."""
+    if isinstance(extractor, NoFeatures):
+        return extractor.identity
+    return f"{extractor.identity};align={align.SAMPLES_PER_TOKEN}@{align.SAMPLE_RATE}"
 
 
 def _features(utts: list[Utterance], state: PrepareState, extractor, o: PrepareOptions, problems: list[Problem],
@@ -146,6 +188,7 @@ def _features(utts: list[Utterance], state: PrepareState, extractor, o: PrepareO
     records: dict[str, dict[str, Any]] = {}
     keys: dict[str, list[int]] = {}
     computed = reused = 0
+    models = models_identity(extractor)
     bar = tqdm(utts, desc="features", unit="utt", disable=_no_bar(o), file=sys.stderr)
     for u in bar:
         try:
@@ -156,9 +199,9 @@ def _features(utts: list[Utterance], state: PrepareState, extractor, o: PrepareO
         except OSError as exc:
             _problem(problems, u, f"audio file cannot be read: {exc.strerror or exc}")
             continue
-        rec = state.cached_features(u.utt, key, extractor.identity)
+        rec = state.cached_features(u.utt, key, models)
         if rec is not None:
-            if not o.min_sec <= rec["seconds"] <= o.max_sec:
+            if not o.min_sec <= rec.get("source_seconds", rec["seconds"]) <= o.max_sec:
                 rec = None  # options changed since: re-check so the reason is reported properly
             else:
                 reused += 1
@@ -169,14 +212,34 @@ def _features(utts: list[Utterance], state: PrepareState, extractor, o: PrepareO
                 continue
             try:
                 emb, tokens = extractor.extract(decoded)
+                stored = _store(decoded, tokens)
             except FeatureError as exc:
                 _problem(problems, u, str(exc))
                 continue
-            rec = state.add_features(u.utt, key, extractor.identity, round(decoded.seconds, 6), emb, tokens)
+            frames, tokens = stored.pop("frames"), stored.pop("tokens")
+            rec = state.add_features(u.utt, key, models, round(frames / decoded.sample_rate, 6), emb, tokens,
+                                     source_seconds=round(decoded.seconds, 6), **stored)
             computed += 1
         records[u.utt] = rec
         keys[u.utt] = key
     return records, keys, (computed, reused)
+
+
+def _store(decoded: audio_mod.Decoded, tokens: list[int]) -> dict[str, Any]:
+    """How to store one utterance so its tokens line up with its audio in upstream's flow (see `align`).
+
+    `wav_frames`: None to store the file's own bytes, else store a WAV of that many frames.
+    """
+    total = len(decoded.samples)
+    if not tokens:  # --no-features: nothing to line up (upstream drops rows without tokens)
+        return {"frames": total, "tokens": tokens, "wav_frames": None, "cut": [0, 0]}
+    try:
+        plan = align.plan(total, decoded.sample_rate, tokens)
+    except align.Misaligned as exc:
+        raise FeatureError(str(exc)) from exc
+    wav_frames = plan.frames if plan.cut or not decoded.exact_length else None
+    return {"frames": plan.frames, "tokens": plan.tokens, "wav_frames": wav_frames,
+            "cut": [total - plan.frames, plan.total_tokens - len(plan.tokens)]}
 
 
 def _problem(problems: list[Problem], u: Utterance, reason: str) -> None:
@@ -189,7 +252,8 @@ def _no_bar(o: PrepareOptions) -> bool | None:
 
 
 def _write(dest: Path, utts: list[Utterance], records: dict[str, dict[str, Any]], keys: dict[str, list[int]],
-           state: PrepareState, o: PrepareOptions, problems: list[Problem], tqdm) -> PrepareResult:
+           state: PrepareState, o: PrepareOptions, choice: Choice, tokenizer: str, problems: list[Problem],
+           tqdm) -> PrepareResult:
     report = dest / REPORT_NAME
     by_id = {u.utt: u for u in utts}
     if not records:
@@ -209,15 +273,15 @@ def _write(dest: Path, utts: list[Utterance], records: dict[str, dict[str, Any]]
     for name, chunks in shards.items():
         parquet_dir = dest / name / "parquet"
         for index, chunk in enumerate(chunks):
-            rows = [_row(by_id[u], records[u], spk_emb[by_id[u].spk]) for u in chunk]
-            spec = _spec(name, rows, [keys[u] for u in chunk])
+            rows = [_row(by_id[u], records[u], spk_emb[by_id[u].spk], choice.instruct) for u in chunk]
+            spec = _spec(name, rows, [keys[u] + [records[u].get("wav_frames")] for u in chunk])
             label = f"{name}/{index}"
             paths = shard_paths(parquet_dir, index)
             if state.shard_done(label, spec, paths[0]) and all(p.is_file() for p in paths[1:]):
                 reused += 1
             else:
                 for r, u in zip(rows, chunk):
-                    r["audio_data"] = audio_mod.read_bytes(by_id[u].wav)
+                    r["audio_data"] = _audio_data(by_id[u].wav, records[u].get("wav_frames"))
                 write_shard(rows, parquet_dir, index)
                 state.mark_shard(label, spec, paths[0])
                 written += 1
@@ -234,18 +298,33 @@ def _write(dest: Path, utts: list[Utterance], records: dict[str, dict[str, Any]]
     result = PrepareResult(train_list=dest / "train" / "data.list", cv_list=dest / "cv" / "data.list", report=report,
                            utts={n: len(ids) for n, ids in sets.items()}, shards={n: len(c) for n, c in shards.items()},
                            seconds=seconds, skipped=sorted(problems, key=lambda p: (p.path, p.utt)),
-                           shards_written=written, shards_reused=reused)
+                           shards_written=written, shards_reused=reused, family=choice.family.name,
+                           family_source=choice.source, instruct=choice.instruct, speech_tokenizer=tokenizer,
+                           audio_cut=sum(1 for r in records.values() if r.get("cut", [0, 0])[0]),
+                           tokens_dropped=sum(1 for r in records.values() if r.get("cut", [0, 0])[1]))
     summary = {"utts": result.utts, "shards": result.shards, "seconds": seconds, "skipped": len(problems),
                "speakers": sorted(spk_emb), "seed": o.seed, "cv_ratio": o.cv_ratio, "shard_size": o.shard_size,
-               "features": "none" if o.no_features else "onnx"}
+               "features": "none" if not tokenizer else "onnx",
+               "family": choice.family.name, "family_source": choice.source, "instruct": choice.instruct,
+               "speech_tokenizer": tokenizer or None,
+               "alignment": {"sample_rate": align.SAMPLE_RATE, "samples_per_token": align.SAMPLES_PER_TOKEN,
+                             "audio_cut": result.audio_cut, "tokens_dropped": result.tokens_dropped}}
     write_atomic(dest / SUMMARY_NAME, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return result
 
 
-def _row(u: Utterance, rec: dict[str, Any], spk_embedding: list[float]) -> dict[str, Any]:
-    return {"utt": u.utt, "wav": str(u.wav), "audio_data": b"", "text": u.text, "spk": u.spk,
-            "utt_embedding": rec["utt_embedding"], "spk_embedding": spk_embedding,
-            "speech_token": rec["speech_token"]}
+def _row(u: Utterance, rec: dict[str, Any], spk_embedding: list[float], instruct: str | None) -> dict[str, Any]:
+    row = {"utt": u.utt, "wav": str(u.wav), "audio_data": b"", "text": u.text, "spk": u.spk,
+           "utt_embedding": rec["utt_embedding"], "spk_embedding": spk_embedding,
+           "speech_token": rec["speech_token"]}
+    if instruct is not None:
+        row["instruct"] = instruct
+    return row
+
+
+def _audio_data(wav: Path, wav_frames: int | None) -> bytes:
+    """The file's own bytes, or a WAV of its first `wav_frames` frames (cut to whole tokens)."""
+    return audio_mod.read_bytes(wav) if wav_frames is None else audio_mod.wav_prefix(wav, wav_frames)
 
 
 def _write_report(path: Path, problems: list[Problem]) -> None:

@@ -1,6 +1,10 @@
 """What an interrupted `cosyext prepare` already finished, kept under DEST/.cosyext-prepare/.
 
-Two records, both safe against a kill at any instant:
+`run.json` says what the data is for: model family, instruct text, speech tokenizer. A resume
+for another family, instruct or tokenizer is refused (the shards would mix two kinds of data);
+a DEST from before run.json existed counts as CosyVoice2 (the only family then).
+
+Two records of finished work, both safe against a kill at any instant:
 - `features.jsonl`: one line per utterance whose features are computed, appended and flushed as
   each finishes; a torn last line is ignored. A line counts only while the audio file (size, mtime)
   and the feature models are the ones it was computed from.
@@ -14,9 +18,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..errors import UsageError
 
 STATE_DIR = ".cosyext-prepare"
+#: what a run records about itself; all but "models" must match for a resume
+RUN_KEYS = ("family", "instruct", "speech_tokenizer")
+LEGACY_RUN = {"family": "cosyvoice2", "instruct": None, "speech_tokenizer": ""}
 
 
 def file_key(path: Path) -> list[int]:
@@ -48,6 +57,7 @@ class PrepareState:
         self.dir = Path(dest) / STATE_DIR
         self.features_path = self.dir / "features.jsonl"
         self.shards_path = self.dir / "shards.json"
+        self.run_path = self.dir / "run.json"
         self._features: dict[str, dict[str, Any]] = {}
         self._shards: dict[str, dict[str, str]] = {}
         self._fh = None
@@ -71,6 +81,35 @@ class PrepareState:
             except json.JSONDecodeError:
                 self._shards = {}
 
+    # the run ---------------------------------------------------------------------------------
+    def earlier_run(self) -> dict[str, Any] | None:
+        """What an earlier run in this DEST was for (None for a fresh DEST)."""
+        if self.run_path.is_file():
+            try:
+                rec = json.loads(self.run_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict):
+                return rec
+        return dict(LEGACY_RUN) if self.dir.is_dir() else None
+
+    def check_run(self, run: dict[str, Any], *, resume_hint: Callable[[dict[str, Any]], str]) -> None:
+        """Refuse data for another family/instruct/tokenizer than DEST holds; then record this run.
+
+        A run without features ("" tokenizer) matches any tokenizer: its rows get recomputed anyway.
+        """
+        earlier = self.earlier_run()
+        if earlier is not None:
+            differ = [k for k in RUN_KEYS if earlier.get(k) != run.get(k)
+                      and not (k == "speech_tokenizer" and "" in (earlier.get(k) or "", run.get(k) or ""))]
+            if differ:
+                raise UsageError(
+                    f"{self.dir.parent} holds data prepared for {describe(earlier)}; this run is for {describe(run)}: "
+                    "resuming would mix the two in one dataset",
+                    hint=f"{resume_hint(earlier)}   (continues the earlier run), or prepare into a new DEST")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_path, (json.dumps(run, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         torn = self.features_path.is_file() and self.features_path.stat().st_size > 0 and \
@@ -92,9 +131,10 @@ class PrepareState:
         return None
 
     def add_features(self, utt: str, key: list[int], models: str, seconds: float,
-                     embedding: list[float], tokens: list[int]) -> dict[str, Any]:
+                     embedding: list[float], tokens: list[int], **extra: Any) -> dict[str, Any]:
+        """Record one utterance's features; `extra` (JSON values) travels with them (e.g. how to store its audio)."""
         rec = {"utt": utt, "file": key, "models": models, "seconds": seconds,
-               "utt_embedding": embedding, "speech_token": tokens}
+               "utt_embedding": embedding, "speech_token": tokens, **extra}
         assert self._fh is not None, "open() first"
         self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._fh.flush()
@@ -121,3 +161,11 @@ class PrepareState:
     def _save_shards(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.shards_path, json.dumps(self._shards, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def describe(run: dict[str, Any]) -> str:
+    """`cosyvoice3 (speech_tokenizer_v3.onnx, instruct '...')` for messages."""
+    details = [run.get("speech_tokenizer") or "no speech tokenizer"]
+    if run.get("instruct") is not None:
+        details.append(f"instruct {run['instruct']!r}")
+    return f"{run.get('family')} ({', '.join(details)})"
