@@ -675,7 +675,6 @@ def test_upstream_dataset_pipeline_reads_the_shards(upstream_root, prepared, tmp
 # --- upstream's data pipeline at ace7c47: the alignment the flow needs ----------------------------
 
 ACE7C47 = "ace7c47"
-MATCHA_COMMIT = "dd9105b34bf2be2230f4aa1e4769fb586a3c824e"
 #: the recipe blocks that decide speech_feat and speech_token lengths, taken from upstream's own yaml
 PIPELINE_KEYS = ("sample_rate", "filter", "resample", "feat_extractor", "compute_fbank", "parse_embedding", "padding")
 RECIPES = {"cosyvoice2": "examples/libritts/cosyvoice2/conf/cosyvoice2.yaml",
@@ -723,40 +722,19 @@ def _recipe_blocks(yaml_text: str, keys: tuple[str, ...]) -> str:
     return "\n".join(blocks) + "\n"
 
 
-def _bundle_folder() -> Path:
-    """Where upstream's git bundles are: $COSYEXT_UPSTREAM_MIRROR, else the checkout's ../shared/upstream."""
-    folder = Path(os.environ.get("COSYEXT_UPSTREAM_MIRROR") or Path(__file__).resolve().parents[2] / "shared" /
-                  "upstream")
-    if not (folder / "CosyVoice.bundle").is_file() or not (folder / "Matcha-TTS.bundle").is_file():
-        pytest.fail(f"no upstream bundles in {folder} (CosyVoice.bundle, Matcha-TTS.bundle): set "
-                    "COSYEXT_UPSTREAM_MIRROR to a folder holding them")
-    return folder
-
-
 @pytest.fixture(scope="module")
-def ace7c47_tree(request, tmp_path_factory) -> Path:
-    """Upstream at ace7c47 (pristine: the data pipeline is not patched): the session fixture when the
-    suite has one, else a checkout from the bundles."""
-    try:
-        upstream_at = request.getfixturevalue("upstream_at")
-    except pytest.FixtureLookupError:
-        upstream_at = None
-    if upstream_at is not None:
-        return upstream_at(ACE7C47, patched=False)
-    folder, root = _bundle_folder(), tmp_path_factory.mktemp("ace7c47") / "CosyVoice"
-    matcha = root / "third_party" / "Matcha-TTS"
-    for cmd in (["git", "clone", "-q", "--no-checkout", str(folder / "CosyVoice.bundle"), str(root)],
-                ["git", "-C", str(root), "checkout", "-q", ACE7C47],
-                ["git", "clone", "-q", "--no-checkout", str(folder / "Matcha-TTS.bundle"), str(matcha)],
-                ["git", "-C", str(matcha), "checkout", "-q", MATCHA_COMMIT]):
-        subprocess.run(cmd, check=True, capture_output=True)
-    return root
+def ace7c47_tree(upstream_at) -> Path:
+    """Upstream at ace7c47, pristine: the data pipeline is not patched."""
+    return upstream_at(ACE7C47, patched=False)
 
 
 def _upstream_lengths(tree: Path, jobs: list[tuple[str, Path]], tmp_path: Path) -> dict[str, list[int]]:
     """{utt: [speech_feat_len, speech_token_len]} from upstream's pipeline, per (family recipe, data.list)."""
     recipes = {}
     for fam in {fam for fam, _ in jobs}:
+        if not (tree / RECIPES[fam]).is_file():
+            pytest.fail(f"{tree} has no {RECIPES[fam]}: this test needs a git checkout of upstream (bundle, mirror "
+                        "or GitHub), not a PyPI-assembled tree")
         recipes[fam] = tmp_path / f"{fam}-pipeline.yaml"
         recipes[fam].write_text(_recipe_blocks((tree / RECIPES[fam]).read_text(encoding="utf-8"), PIPELINE_KEYS))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "third_party" / "Matcha-TTS")]),
