@@ -4,6 +4,11 @@ Each utterance is a sentence in the made-up language of `tiny.qwen.LEXICON`. Eve
 fixed number of speech tokens (the last one may be cut short), is sung as a sine at a word- and
 speaker-specific pitch, and maps to its own block of speech-token ids. So the text predicts the speech tokens (the LLM can learn) and
 the speech tokens predict the mel frames (the flow can learn), yet nothing is stored in the repo.
+
+Every utterance lasts a whole number of speech tokens (960 samples each at 24 kHz): upstream trees
+with CosyVoice3 pad speech up to the token grid and then need exactly ceil(samples / 960) tokens, or
+the flow dies on a size mismatch. CosyVoice3 rows carry the `instruct` text; rows for online feature
+extraction leave out the embedding and token columns, which is how upstream knows to compute them.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cosyvoice_ext.family import Family
+from cosyvoice_ext.family import get as get_family
 from cosyvoice_ext.tiny.qwen import LEXICON
 
 TOKEN_RATE = 25  # speech tokens per second (CosyVoice2's token_frame_rate)
 SPEECH_TOKEN_VOCAB = 6561
 EMBED_DIM = 192
 TOKENS_PER_WORD = 6  # 0.24 s per word
+#: columns upstream computes itself (speaker embedding, speech tokens) when online features are on
+FEATURE_COLUMNS = ("utt_embedding", "spk_embedding", "speech_token")
 
 TextFn = Callable[[int], str]
 
@@ -108,6 +117,7 @@ def _rows(n_utts: int, *, seed: int, min_sec: float, max_sec: float, sample_rate
         text = text_fn(i) if text_fn else " ".join(_sentence(n_words, pyrng))
         words = text.split() or [LEXICON[0]]
         audio = _synthesize(words, n_tokens, s, sample_rate, nprng)
+        assert len(audio) == n_tokens * (sample_rate // TOKEN_RATE), "audio must end on the token grid"
         utt_emb = spk_emb[s] + 0.05 * _unit(nprng)
         spk = f"spk{s:02d}"
         utt = f"{utt_prefix}_{spk}_{i:05d}"
@@ -137,28 +147,38 @@ def _split(n_utts: int, shards: int, shard_sizes: list[int] | None) -> list[int]
 def write_parquet_dataset(dest: Path, n_utts: int, *, shards: int = 1, seed: int = 0, min_sec: float = 1.0,
                           max_sec: float = 3.0, sample_rate: int = 24000, speakers: int = 1,
                           text_fn: TextFn | None = None, shard_sizes: list[int] | None = None,
-                          utt_prefix: str = "tiny") -> Path:
+                          utt_prefix: str = "tiny", family: str | Family = "cosyvoice2",
+                          online_features: bool = False) -> Path:
     """Write parquet shards plus `data.list` (absolute shard paths) under `dest`; return the data.list path.
 
     `shard_sizes` (summing to `n_utts`) makes deliberately uneven shards: upstream partitions whole
     shards across ranks. `text_fn(i)` replaces utterance i's transcript (its words still set pitch and
-    tokens). Same arguments, same bytes.
+    tokens). `family` 'cosyvoice3' adds the `instruct` column (the family's default instruct text).
+    `online_features` leaves out `FEATURE_COLUMNS`, as data for upstream's online extraction has them
+    (upstream computes a feature only when its column is absent). Same arguments, same bytes.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ..prepare.shards import INSTRUCT
     from ..prepare.shards import schema as upstream_schema
 
+    fam = family if isinstance(family, Family) else get_family(family)
     dest = Path(dest).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     sizes = _split(n_utts, shards, shard_sizes)
     rows = _rows(n_utts, seed=seed, min_sec=min_sec, max_sec=max_sec, sample_rate=sample_rate,
                  speakers=speakers, text_fn=text_fn, utt_prefix=utt_prefix)
+    instruct = bool(fam.default_instruct)
+    for row in rows if instruct else ():
+        row[INSTRUCT] = fam.default_instruct
     paths, start = [], 0
     for k, size in enumerate(sizes):
         chunk = rows[start:start + size]
         start += size
-        table = pa.Table.from_pylist(chunk, schema=upstream_schema())
+        table = pa.Table.from_pylist(chunk, schema=upstream_schema(instruct=instruct))
+        if online_features:
+            table = table.drop_columns(list(FEATURE_COLUMNS))
         path = dest / f"{utt_prefix}_{k:04d}.parquet"
         pq.write_table(table, path)
         paths.append(path)

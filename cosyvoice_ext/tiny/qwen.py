@@ -1,7 +1,8 @@
 """A tiny Qwen2 directory (weights + tokenizer) that upstream's `Qwen2Encoder` and `get_qwen_tokenizer` load.
 
-The real CosyVoice2 LLM wraps a 0.5B Qwen2 checkpoint. Tests cannot download it, so this builds a
-2-layer, 64-wide Qwen2 and a byte-level BPE tokenizer trained on a built-in corpus, entirely offline.
+The real CosyVoice2 and CosyVoice3 LLMs wrap a 0.5B Qwen2 checkpoint. Tests cannot download it, so
+this builds a 2-layer, 64-wide Qwen2 and a byte-level BPE tokenizer trained on a built-in corpus,
+entirely offline.
 The corpus is the made-up language of `LEXICON`, which `tiny.data` also speaks, so every word of
 the generated transcripts is a single text token and the text predicts the speech tokens.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..family import Family
+from ..family import get as get_family
 
 # The made-up language of the tiny data: each word gets its own pitch and speech-token block.
 LEXICON: tuple[str, ...] = (
@@ -29,8 +33,10 @@ _PROSE = (
 )
 
 EOS_TOKEN = "<|endoftext|>"
-# Upstream's QwenTokenizer adds ~20 special tokens on load; the embedding table must cover them.
-_SPECIAL_TOKEN_HEADROOM = 64
+# Upstream's tokenizers add special tokens on load and the embedding table must cover them:
+# CosyVoice2Tokenizer ~20, CosyVoice3Tokenizer 280 (phonemes). Per family, so the CosyVoice2 Qwen
+# stays byte-identical to the one earlier releases generated.
+_SPECIAL_TOKEN_HEADROOM = {"cosyvoice2": 64, "cosyvoice3": 320}
 
 
 def _corpus() -> list[str]:
@@ -62,13 +68,17 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
-def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400) -> Path:
+def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400,
+                   family: str | Family = "cosyvoice2") -> Path:
     """Write a Qwen2ForCausalLM + Qwen2TokenizerFast directory to `dest` and return it.
 
-    Same seed, same bytes. Works with HF_HUB_OFFLINE=1 (nothing is fetched).
+    `family` sizes the vocabulary so that every special token that family's upstream tokenizer
+    adds gets an id below vocab_size. Same seed, same bytes. Works with HF_HUB_OFFLINE=1.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2TokenizerFast
+
+    headroom = _SPECIAL_TOKEN_HEADROOM[family.name if isinstance(family, Family) else get_family(family).name]
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -83,7 +93,7 @@ def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400) -> P
     fast.save_pretrained(str(dest))
     _force_tokenizer_class(dest / "tokenizer_config.json")
 
-    vocab_size = -(-(len(fast) + _SPECIAL_TOKEN_HEADROOM) // 64) * 64
+    vocab_size = -(-(len(fast) + headroom) // 64) * 64
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=64,
