@@ -9,11 +9,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from cosyvoice_ext.family import Family
+from cosyvoice_ext.family import get as get_family
+from cosyvoice_ext.tiny.api import train_py_has_onnx_path
 from cosyvoice_ext.tiny.config import make_base_checkpoint, write_tiny_config
 from cosyvoice_ext.tiny.data import write_train_cv
 from cosyvoice_ext.tiny.qwen import make_tiny_qwen
@@ -32,6 +36,11 @@ class Workspace:
     cv_list: Path
     llm_ckpt: Path
     flow_ckpt: Path
+    #: the model family the config, Qwen vocabulary and data were made for
+    family: str = "cosyvoice2"
+    #: ONNX models for online feature extraction (`train.py --onnx_path`); None: the data carries
+    #: precomputed speaker embeddings and speech tokens
+    onnx_dir: Path | None = None
 
 
 def upstream_import_paths(upstream: Path) -> list[str]:
@@ -61,24 +70,66 @@ def upstream_on_path(upstream: Path | None) -> Iterator[None]:
 
 
 def make_workspace(root: Path, *, n_train: int = 16, n_cv: int = 4, seed: int = 0,
-                   upstream: Path | None = None, **config_kw) -> Workspace:
+                   upstream: Path | None = None, family: str | Family = "cosyvoice2", online_features: bool = False,
+                   **config_kw) -> Workspace:
     """Generate Qwen dir, train/cv parquet, config and base llm.pt/flow.pt under `root`.
 
-    Building the base checkpoints imports upstream in this process: pass `upstream` (a CosyVoice
-    tree) unless `cosyvoice` and `matcha` are importable already. `config_kw` goes to
-    `write_tiny_config` (max_epoch, accum_grad, extra, ...).
+    The config matches `upstream`'s training API (read from its source; without a tree, the API
+    `write_tiny_config` assumes for `family`). Building the base checkpoints needs upstream's classes:
+    pass `upstream` (a CosyVoice tree) unless `cosyvoice` and `matcha` are importable already. When
+    this process already imported `cosyvoice` from another tree, they are built in a child process,
+    so two trees never mix. `online_features` writes data without embeddings and tokens plus the
+    ONNX models that compute them (`onnx_dir`). `config_kw` goes to `write_tiny_config` (max_epoch,
+    accum_grad, extra, ...).
     """
+    fam = family if isinstance(family, Family) else get_family(family)
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    qwen_dir = make_tiny_qwen(root / "qwen", seed=seed)
-    train_list, cv_list = write_train_cv(root / "data", n_train, n_cv, seed=seed)
-    config = write_tiny_config(root / "conf" / "tiny.yaml", qwen_dir, **config_kw)
-    with upstream_on_path(upstream):
-        _require_upstream(upstream)
-        llm_ckpt = make_base_checkpoint(config, "llm", root / "pretrained" / "llm.pt", seed=seed)
-        flow_ckpt = make_base_checkpoint(config, "flow", root / "pretrained" / "flow.pt", seed=seed)
+    qwen_dir = make_tiny_qwen(root / "qwen", seed=seed, family=fam)
+    train_list, cv_list = write_train_cv(root / "data", n_train, n_cv, seed=seed, family=fam,
+                                         online_features=online_features)
+    config = write_tiny_config(root / "conf" / "tiny.yaml", qwen_dir, family=fam, upstream=upstream, **config_kw)
+    onnx_dir = None
+    if online_features:
+        from cosyvoice_ext.tiny.onnx_models import write_online_feature_dir
+
+        onnx_dir = write_online_feature_dir(root / "onnx", fam, seed=seed)
+    pretrained = root / "pretrained"
+    if upstream is not None and _imported_elsewhere(upstream):
+        _base_checkpoints_in_child(config, pretrained, seed, upstream)
+    else:
+        with upstream_on_path(upstream):
+            _require_upstream(upstream)
+            for model in ("llm", "flow"):
+                make_base_checkpoint(config, model, pretrained / f"{model}.pt", seed=seed)
     return Workspace(root=root, qwen_dir=qwen_dir, config=config, train_list=train_list, cv_list=cv_list,
-                     llm_ckpt=llm_ckpt, flow_ckpt=flow_ckpt)
+                     llm_ckpt=pretrained / "llm.pt", flow_ckpt=pretrained / "flow.pt", family=fam.name,
+                     onnx_dir=onnx_dir)
+
+
+def _imported_elsewhere(upstream: Path) -> bool:
+    """Whether this process already imported `cosyvoice` from a tree other than `upstream`."""
+    mod = sys.modules.get("cosyvoice")
+    if mod is None:
+        return False
+    if getattr(mod, "__file__", None):  # tree/cosyvoice/__init__.py
+        package_dir = Path(mod.__file__).parent
+    else:  # a namespace package: its first directory
+        package_dir = Path(next(iter(mod.__path__)))
+    return package_dir.resolve().parent != Path(upstream).resolve()
+
+
+def _base_checkpoints_in_child(config: Path, pretrained: Path, seed: int, upstream: Path) -> None:
+    """make_base_checkpoint for llm and flow in a fresh interpreter that imports `upstream` only."""
+    code = ("import sys; from pathlib import Path; from cosyvoice_ext.tiny.config import make_base_checkpoint\n"
+            "for m in ('llm', 'flow'):\n"
+            "    make_base_checkpoint(Path(sys.argv[1]), m, Path(sys.argv[2]) / f'{m}.pt', seed=int(sys.argv[3]))\n")
+    env = train_env(upstream)
+    env.pop("onnx_path", None)  # base weights never depend on online features
+    res = subprocess.run([sys.executable, "-c", code, str(config), str(pretrained), str(int(seed))], env=env,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"building the base checkpoints with {upstream} failed:\n{res.stderr[-4000:]}")
 
 
 def _require_upstream(upstream: Path | None) -> None:
@@ -100,14 +151,24 @@ def free_port() -> int:
 
 
 def train_command(ws: Workspace, upstream: Path, model: str, model_dir: Path, *, nproc: int = 1,
-                  checkpoint: Path | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+                  checkpoint: Path | None = None, extra_args: Sequence[str] = (),
+                  onnx_path: Path | str | None = None) -> list[str]:
     """argv for the stock upstream train.py under torchrun on CPU (gloo), as a user would type it.
 
     `--prefetch 100` with `--num_workers 0` is upstream's default pairing and crashes the unpatched
     DataLoader; the patch series fixes that, so the command deliberately keeps it.
+
+    `--onnx_path` goes only to a train.py that defines it (newer trees crash without it; older ones
+    reject it): `onnx_path` when given, else the workspace's `onnx_dir` (online features), else ''
+    (with our patch series: precomputed features from the data).
     """
     if model not in ("llm", "flow"):
         raise ValueError(f"model must be 'llm' or 'flow', got {model!r}")
+    has_flag = train_py_has_onnx_path(Path(upstream))
+    chosen = onnx_path if onnx_path is not None else ws.onnx_dir
+    if chosen is not None and not has_flag:
+        raise ValueError(f"{Path(upstream) / 'cosyvoice/bin/train.py'} has no --onnx_path flag: this tree cannot "
+                         "extract features online (make the workspace without online_features)")
     model_dir = Path(model_dir)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
@@ -122,6 +183,8 @@ def train_command(ws: Workspace, upstream: Path, model: str, model_dir: Path, *,
     ]
     if checkpoint is not None:
         cmd += ["--checkpoint", str(checkpoint)]
+    if has_flag:
+        cmd += ["--onnx_path", "" if chosen is None else str(chosen)]
     cmd += [
         "--model_dir", str(model_dir),
         "--tensorboard_dir", str(model_dir / "tensorboard"),
