@@ -14,6 +14,10 @@ from typing import Any
 from .errors import UsageError
 
 
+#: speaker-embedding model: in pretrained dirs, and in train.py's `--onnx_path DIR` for online features
+CAMPPLUS = "campplus.onnx"
+
+
 @dataclass(frozen=True)
 class Family:
     """What a model family's files and classes are called upstream."""
@@ -31,6 +35,11 @@ class Family:
     classes: dict[str, tuple[str, ...]]
     #: the `instruct` text every training sample carries ("" = the family has no instruct field)
     default_instruct: str = ""
+
+    @property
+    def onnx_path_files(self) -> tuple[str, ...]:
+        """What a train.py `--onnx_path DIR` (online features, ace7c47) must hold for this family's models."""
+        return (CAMPPLUS, self.speech_tokenizer_batch)
 
 
 COSYVOICE2 = Family(

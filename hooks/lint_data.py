@@ -117,6 +117,49 @@ def _stats(ctx: LintContext) -> Iterator[Issue]:
                 at=ctx.doc.key("train_conf") or None, fix="")
 
 
+def _instruct(ctx: LintContext) -> Iterator[Issue]:
+    """Seen at ace7c47 with a tiny CosyVoice3LM: no instruct column -> ``KeyError: 'instruct_token'``
+    (llm.py:388); a null instruct -> ValueError in the tokenizer; '' -> RuntimeError in the embedding."""
+    d, cf = ctx.data, ctx.family
+    fs = d.features if d is not None else None
+    if fs is None or not fs.rows or cf is None or "llm" not in ctx.models():
+        return
+    fam = cf.of("llm")
+    if fam is None or not fam.default_instruct or not fs.rows_without_instruct:
+        return
+    shards = f"; {len(fs.no_instruct_column)} of {fs.shards} shard(s) have no instruct column" if fs.no_instruct_column else ""
+    eg = fs.examples.get("instruct") or []
+    yield Issue(f"{fs.rows_without_instruct} of {fs.rows} rows have no instruct text{shards} (e.g. {', '.join(eg)}): "
+                f"{cf.classes['llm'].rsplit('.', 1)[-1]} reads every batch's instruct_token and training stops "
+                "(KeyError: 'instruct_token'; a null instruct fails in the tokenizer, an empty one in the embedding)",
+                at=ctx.doc.key("llm") or None, severity="error" if ctx.model == "llm" else "warning",
+                fix=f"cosyext prepare --family {fam.name} writes instruct (default {fam.default_instruct!r})")
+
+
+def _token_alignment(ctx: LintContext) -> Iterator[Issue]:
+    """Seen at ace7c47 with the DiT flow: precomputed tokens one short of ceil(samples / 960) ->
+    ``RuntimeError: Sizes of tensors must match ... Expected size 124 but got size 122`` (dit.py:96)."""
+    d = ctx.data
+    al = d.alignment if d is not None else None
+    if al is None or d.error or "flow" not in ctx.models() or not al.misaligned:
+        return
+    eg = "; ".join(f"{u}: {t} tokens x {al.token_mel_ratio} != {f} mel frames" for u, t, f in al.examples)
+    st = find(stages(ctx.doc, "data_pipeline"), "compute_fbank")
+    at = (st.param_node(ctx.doc, "num_frames") if st else None) or (st.item if st else None)
+    fix = ("train.py --onnx_path DIR (online tokens line up by construction), or re-extract the tokens from audio "
+           f"zero-padded to a multiple of {al.num_frames} samples")
+    if al.crashing_batches:
+        yield Issue(f"{al.misaligned} of {al.rows} rows have precomputed speech_token counts that do not match their "
+                    f"mel frames after compute_fbank pads to {al.num_frames} samples ({eg}); {al.crashing_batches} of "
+                    f"{al.batches} first-epoch batches have such a row as their longest, and there the flow stops "
+                    "(RuntimeError: Sizes of tensors must match)", at=at, severity="error", fix=fix)
+    else:
+        yield Issue(f"{al.misaligned} of {al.rows} rows have precomputed speech_token counts that do not match their "
+                    f"mel frames ({eg}); none is the longest of its batch in the first epoch, so training runs, but "
+                    "on misaligned tokens and mels (and a later shuffle may crash it)", at=at, severity="warning",
+                    fix=fix)
+
+
 RULES = [
     Rule("CX600", "data-analysis", "error", "The data-aware analysis could not run (or some shards are unreadable).",
          _failed, needs_data=True,
@@ -154,4 +197,22 @@ RULES = [
     Rule("CX607", "data-statistics", "info", "Summary of the data-aware replay (kept, batches, steps).", _stats,
          needs_data=True, why="The numbers behind the CX6xx checks, for your own sanity check.",
          example="cosyext lint conf.yaml --data data.list", fix="Nothing to fix."),
+    Rule("CX608", "instruct-missing", "error", "CosyVoice3 LLM training on rows without an instruct text.", _instruct,
+         needs_data=True,
+         why="CosyVoice3LM conditions every sample on its instruct text (the recipe: 'You are a helpful "
+             "assistant.<|endofprompt|>'); upstream's padding only adds instruct_token when every sample of a batch "
+             "has one, and the LLM then fails with KeyError: 'instruct_token' (seen). Error with --model llm, a "
+             "warning when lint does not know which model is trained; the flow ignores instruct.",
+         example="cosyext lint cosyvoice3.yaml --data data.list --model llm   # data from a CosyVoice2 prepare",
+         fix="cosyext prepare --family cosyvoice3 (or add an instruct column to every shard)."),
+    Rule("CX609", "token-mel-alignment-data", "error",
+         "Precomputed speech_token counts do not match the padded mel frames (2026 upstream flow).",
+         _token_alignment, needs_data=True,
+         why="With num_frames, compute_fbank pads the audio to whole tokens and no longer trims features to the "
+             "tokens, so each row needs len(speech_token) x token_mel_ratio == mel frames; tokens extracted from "
+             "unpadded audio are often one short. The flow crashes on a batch whose longest row is off (seen: "
+             "RuntimeError: Sizes of tensors must match) and silently misaligns the others. Online extraction "
+             "(--onnx_path DIR) computes tokens from the padded audio and always lines up.",
+         example="cosyext lint cosyvoice3.yaml --data data.list --model flow --onnx-path ''",
+         fix="--onnx_path DIR, or tokens extracted from audio padded to a multiple of num_frames."),
 ]

@@ -11,7 +11,7 @@ from cosyvoice_ext.lint import Issue, LintContext, Rule
 from cosyvoice_ext.lint.document import REF, RefError
 from cosyvoice_ext.lint.yamlpos import YMap, YScalar, walk
 
-# Top-level keys of upstream's CosyVoice/CosyVoice2 configs (+ our section): typo targets.
+# Top-level keys of upstream's CosyVoice/CosyVoice2/CosyVoice3 configs (+ our section): typo targets.
 KNOWN_TOP = (
     "sample_rate", "text_encoder_input_size", "llm_input_size", "llm_output_size", "spk_embed_dim",
     "qwen_pretrain_path", "token_frame_rate", "token_mel_ratio", "llm", "flow", "hift", "hifigan",
@@ -19,6 +19,8 @@ KNOWN_TOP = (
     "resample", "truncate", "feat_extractor", "compute_fbank", "compute_f0", "pitch_extractor",
     "parse_embedding", "shuffle", "sort", "batch", "padding", "data_pipeline", "data_pipeline_gan",
     "train_conf", "train_conf_gan", "cosyext",
+    # the 2026 upstream (CosyVoice3 recipe, online features)
+    "chunk_size", "num_decoding_left_chunks", "compute_whisper_fbank",
 )
 TRAIN_CONF_REQUIRED = ("optim", "optim_conf", "scheduler", "scheduler_conf", "max_epoch", "grad_clip",
                        "accum_grad", "log_interval", "save_per_step")

@@ -1,4 +1,8 @@
-"""Lint rules CX3xx (model/feature alignment) and CX4xx (the ``cosyext:`` LoRA section)."""
+"""Lint rules CX3xx (model/feature alignment) and CX4xx (the ``cosyext:`` LoRA section).
+
+Both families: the flow's token_frame_rate/token_mel_ratio keys are the same for CosyVoice2's
+CausalMaskedDiffWithXvec and CosyVoice3's DiT flow; LoRA target names are checked against the
+family the config's classes name."""
 
 from __future__ import annotations
 
@@ -27,6 +31,27 @@ SAMPLE_MODULES = {
     "llm": [f"llm.model.model.layers.0.{leaf}" for leaf in _LLM_LEAVES],
     "flow": _FLOW_ENC + _FLOW_EST,
 }
+# CosyVoice3 (DESIGN.md §11a): the same Qwen2 LLM names; the flow's estimator is a DiT (no encoder).
+_DIT = [f"decoder.estimator.transformer_blocks.0.{x}" for x in
+        ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.ff.0.0", "ff.ff.2", "attn_norm.linear")]
+FAMILY_SAMPLE_MODULES = {
+    "cosyvoice2": SAMPLE_MODULES,
+    "cosyvoice3": {"llm": SAMPLE_MODULES["llm"], "flow": _DIT + ["decoder.estimator.input_embed.proj",
+                                                             "decoder.estimator.proj_out"]},
+}
+
+
+def _family_name(ctx: LintContext, model: str) -> str:
+    f = ctx.family.of(model) if ctx.family is not None else None
+    return f.name if f is not None else "cosyvoice2"
+
+
+def _presets(model: str, family: str) -> dict[str, str]:
+    """The LoRA presets of a family (lora.config.presets_for when the installed cosyext has it)."""
+    from cosyvoice_ext.lora import config as lora_config
+
+    by_family = getattr(lora_config, "presets_for", None)
+    return by_family(family, model) if by_family is not None else PRESETS[model]
 
 
 def _feat(ctx: LintContext) -> YNode | None:
@@ -212,24 +237,26 @@ def _targets(ctx: LintContext) -> Iterator[Issue]:
         if node is None:
             continue
         v = ctx.doc.value("cosyext", model, "target_modules")
-        samples = SAMPLE_MODULES[model]
+        family = _family_name(ctx, model)
+        samples = FAMILY_SAMPLE_MODULES[family][model]
         if isinstance(v, str) and v.strip():
-            regex = PRESETS[model].get(v, v)
+            presets = _presets(model, family)
+            regex = presets.get(v, v)
             try:
                 hit = any(re.fullmatch(regex, s) for s in samples)
             except re.error:
                 continue  # CX401 reports it
             if not hit:
-                yield Issue(f"target_modules regex {v!r} matches none of the usual {model} attention/MLP Linear "
+                yield Issue(f"target_modules regex {v!r} matches none of the usual {family} {model} Linear "
                             f"modules (it must match the FULL module name, e.g. {samples[0]})", at=node,
-                            fix=f"use a preset ({', '.join(PRESETS[model])}) or a list of suffixes like [q_proj, v_proj]")
+                            fix=f"use a preset ({', '.join(presets)}) or a list of module-name suffixes")
         elif isinstance(v, list):
             items = ctx.doc.deref(node)
             for i, entry in enumerate(v):
                 if isinstance(entry, str) and not any(s == entry or s.endswith("." + entry) for s in samples):
                     leaves = sorted({s.rsplit(".", 1)[-1] for s in samples})
                     close = difflib.get_close_matches(entry.rsplit(".", 1)[-1], leaves, n=1, cutoff=0.5)
-                    yield Issue(f"target_modules entry '{entry}' is not a known {model} Linear module name"
+                    yield Issue(f"target_modules entry '{entry}' is not a known {family} {model} Linear module name"
                                 + (f"; did you mean '{close[0]}'?" if close else ""),
                                 at=items.items[i] if hasattr(items, "items") and i < len(items.items) else node,
                                 fix=f"{model} targets: {', '.join(leaves)}")

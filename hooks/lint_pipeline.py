@@ -13,6 +13,8 @@ ORDER = (
     ("parquet_opener", "tokenize"), ("tokenize", "filter"), ("filter", "resample"), ("resample", "compute_fbank"),
     ("compute_fbank", "sort"), ("compute_fbank", "batch"), ("shuffle", "sort"), ("sort", "batch"),
     ("parse_embedding", "padding"), ("batch", "padding"), ("compute_fbank", "compute_f0"),
+    # 2026: compute_whisper_fbank checks the audio compute_fbank padded, and sort/batch need its output
+    ("compute_fbank", "compute_whisper_fbank"), ("compute_whisper_fbank", "batch"),
 )
 
 

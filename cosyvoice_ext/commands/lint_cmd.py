@@ -19,9 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "utterances, the empty-first-batch trap.\n\n"
         "exit codes: 0 no failing findings, 1 failing findings (errors; warnings too with --strict),\n"
         "            2 unreadable input or usage error\n\n"
+        "The model family (CosyVoice2/CosyVoice3) comes from the config's classes; the upstream train.py\n"
+        "it runs under from --upstream DIR (read, never imported) or the config itself.\n\n"
         "examples:\n"
         "  cosyext lint conf/ext.yaml\n"
         "  cosyext lint conf/ext.yaml --data data/train.list --model llm --qwen-pretrain-path pretrained/CosyVoice-BlankEN\n"
+        "  cosyext lint conf/cosyvoice3.yaml --upstream ~/CosyVoice --data data/train.list --onnx-path ''\n"
         "  cosyext lint conf/*.yaml --select CX1,CX2 --ignore CX103 --format github",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -32,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-engine", choices=["torch_ddp", "deepspeed"], help="train.py --train_engine (CX203)")
     p.add_argument("--qwen-pretrain-path", metavar="DIR",
                    help="what you pass to train.py as --qwen_pretrain_path (it overrides the config key)")
+    p.add_argument("--upstream", type=Path, metavar="DIR",
+                   help="the upstream CosyVoice tree train.py runs from (its sources are read, never imported)")
+    p.add_argument("--onnx-path", metavar="DIR", dest="onnx_path",
+                   help="what you pass to train.py as --onnx_path: '' = the data's precomputed speech tokens and "
+                        "embeddings, DIR = online extraction with DIR's ONNX files (CX506)")
     p.add_argument("--select", metavar="CODES", action="append",
                    help="only these codes/prefixes, comma-separated (ALL = everything); overrides cosyext.lint.select")
     p.add_argument("--ignore", metavar="CODES", action="append", default=[], help="skip these codes/prefixes")
@@ -71,11 +79,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{n} must be positive, got {v}", hint=f"cosyext lint --help")
     if args.gpu_memory is not None and args.gpu_memory <= 0:
         raise UsageError(f"--gpu-memory must be > 0 GiB, got {args.gpu_memory:g}", hint="e.g. --gpu-memory 16")
+    upstream = None
+    if args.upstream is not None:
+        from ..lint.target import read_upstream
+
+        upstream = read_upstream(args.upstream)  # a usage error (exit 2) when DIR is not a tree
     registry = collect()
     opts = Options(select=args.select, ignore=args.ignore, model=args.model, gpu_memory=args.gpu_memory,
                    train_engine=args.train_engine, data=args.data, qwen_pretrain_path=args.qwen_pretrain_path,
                    epochs=args.epochs, world_size=args.world_size, num_workers=args.num_workers,
-                   use_cache=not args.no_cache)
+                   use_cache=not args.no_cache, upstream=upstream, onnx_path=args.onnx_path)
     results = lint_paths(args.configs, registry, opts)
     text = render(results, registry, args.format, args.statistics)
     if text:

@@ -4,6 +4,9 @@ Builds a :class:`simulate.Corpus` from header-level lengths (``lengths``) and te
 (``text_tokens``), reads the pipeline's parameters from the config (never executing it), replays
 ``max_epoch`` epochs with upstream's seeding, and summarises: kept/dropped per reason, batches and
 optimizer steps per epoch, total steps vs warmup, oversize utterances, the empty-first-batch trap.
+Also which features the rows carry (precomputed speech tokens, speaker embeddings, CosyVoice3's
+``instruct``: :class:`FeatureStats`) and, for a ``num_frames`` compute_fbank (the 2026 upstream),
+whether precomputed token counts line up with the padded mel frames (:class:`Alignment`).
 
 Exactness: batch count and composition equal upstream's for a single process stream
 (``--num_workers 0`` or 1 worker per rank), when nothing else draws from Python's global ``random``
@@ -41,6 +44,92 @@ class EpochStats:
 
 
 @dataclass
+class FeatureStats:
+    """Which training features the rows carry, over every readable shard."""
+
+    rows: int = 0
+    shards: int = 0
+    no_token_column: list[str] = field(default_factory=list)  # shard paths
+    rows_without_tokens: int = 0  # empty speech_token (or no column)
+    no_embedding_columns: list[str] = field(default_factory=list)
+    rows_without_embedding: int = 0
+    no_instruct_column: list[str] = field(default_factory=list)
+    rows_without_instruct: int = 0  # null or '' (or no column)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # a few utt ids per problem
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.rows > 0 and self.rows_without_tokens == 0
+
+    @property
+    def has_embeddings(self) -> bool:
+        return self.rows > 0 and self.rows_without_embedding == 0
+
+    @property
+    def precomputed(self) -> bool:
+        """Everything `--onnx_path ''` (training on the data's features) needs."""
+        return self.has_tokens and self.has_embeddings
+
+    def missing(self) -> str:
+        """'speech_token in 3 of 10 rows (2 shards have no column), ...' for messages."""
+        parts = []
+        for what, rows, shards in (("speech_token", self.rows_without_tokens, self.no_token_column),
+                                   ("utt_embedding/spk_embedding", self.rows_without_embedding,
+                                    self.no_embedding_columns)):
+            if rows:
+                cols = f"; {len(shards)} of {self.shards} shard(s) have no such column" if shards else ""
+                parts.append(f"{what} missing or empty in {rows} of {self.rows} rows{cols}")
+        return ", ".join(parts)
+
+    def add(self, idx: Any) -> None:
+        n = len(idx.utt)
+        self.rows += n
+        self.shards += 1
+        empty = [u for u, k in zip(idx.utt, idx.speech_token_len) if k == 0]
+        self.rows_without_tokens += len(empty)
+        if not idx.token_column:
+            self.no_token_column.append(idx.path)
+        if not idx.embedding_columns:
+            self.no_embedding_columns.append(idx.path)
+        self.rows_without_embedding += idx.embedding_missing
+        if not idx.instruct_column:
+            self.no_instruct_column.append(idx.path)
+        self.rows_without_instruct += idx.instruct_missing
+        for key, utts in (("speech_token", empty[:3]), *idx.examples.items()):
+            have = self.examples.setdefault(key, [])
+            have.extend(utts[:3 - len(have)])
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows, "shards": self.shards, "rows_without_speech_token": self.rows_without_tokens,
+                "shards_without_speech_token": len(self.no_token_column),
+                "rows_without_embedding": self.rows_without_embedding,
+                "shards_without_embedding": len(self.no_embedding_columns),
+                "rows_without_instruct": self.rows_without_instruct,
+                "shards_without_instruct": len(self.no_instruct_column)}
+
+
+@dataclass
+class Alignment:
+    """Precomputed speech tokens vs mel frames after a ``num_frames`` compute_fbank (first epoch).
+
+    The 2026 upstream pads audio to a multiple of ``num_frames`` instead of trimming features, so a
+    row lines up only if its token count x the flow's token_mel_ratio equals its mel frames; the
+    flow crashes on a batch whose longest row does not (sizes of h and feat differ)."""
+
+    num_frames: int
+    token_mel_ratio: int
+    rows: int = 0
+    misaligned: int = 0
+    examples: list[tuple[str, int, int]] = field(default_factory=list)  # (utt, tokens, mel frames)
+    batches: int = 0
+    crashing_batches: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "examples"} | {
+            "examples": [list(e) for e in self.examples]}
+
+
+@dataclass
 class DataAnalysis:
     data_list: str
     model: str | None
@@ -61,6 +150,9 @@ class DataAnalysis:
     seed_note: str | None = None
     batch_utts: list[list[list[str]]] = field(default_factory=list)  # rank 0's batches, first 10 epochs
     unreadable_shards: list[str] = field(default_factory=list)
+    features: FeatureStats | None = None  # set as soon as the shards are read (even if the replay fails)
+    alignment: Alignment | None = None  # a num_frames compute_fbank with precomputed tokens
+    online: bool = False  # replayed as online feature extraction (--onnx-path DIR): empty tokens are kept
 
     @property
     def steps_per_epoch(self) -> int:
@@ -71,9 +163,14 @@ class DataAnalysis:
         return self.epochs[0].batches if self.epochs else 0
 
     def summary(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.features is not None:
+            extra["features"] = self.features.summary()
+        if self.alignment is not None:
+            extra["token_alignment"] = self.alignment.summary()
         if self.error:
-            return {"data_list": self.data_list, "error": self.error}
-        return {
+            return {"data_list": self.data_list, "error": self.error, **extra}
+        return {**extra, "online_features": self.online,
             "data_list": self.data_list, "model": self.model, "total": self.total, "kept": self.kept,
             "dropped": {DROP_REASONS.get(k, k): v for k, v in self.dropped.items()},
             "epochs": [e.__dict__ for e in self.epochs[:10]], "epochs_simulated": len(self.epochs),
@@ -147,14 +244,8 @@ def _token_path(doc: Document, tokenize: Stage | None, override: str | None) -> 
     return value
 
 
-def build_corpus(data_list: Path, token_path: str, use_cache: bool = True) -> tuple[Corpus, list[str]]:
-    from .text_tokens import qwen_counter, tokenizer_id
-
-    tid = tokenizer_id(token_path)
-    counter = None
-    shards, utt, ns, sr, tl, stl, rej = [], [], [], [], [], [], []
-    any_reject = False
-    unreadable = []
+def read_shards(data_list: Path, use_cache: bool = True) -> tuple[list[str], dict[str, Any]]:
+    """(data.list entries, {readable entry: ShardIndex}), shards read in parallel."""
     sources = read_data_list(data_list)
     readable = [s for s in sources if s and Path(s).is_file()]
     # pyarrow releases the GIL while it reads: shards in parallel cut the cold (un-indexed) run
@@ -164,6 +255,26 @@ def build_corpus(data_list: Path, token_path: str, use_cache: bool = True) -> tu
         it = pool.map(lambda s: load_shard(Path(s), use_cache), readable)
         loaded = dict(zip(readable, tqdm(it, total=len(readable), desc="lint: reading shard lengths", unit="shard",
                                          disable=None, leave=False)))
+    return sources, loaded
+
+
+def features_of(loaded: dict[str, Any]) -> FeatureStats:
+    fs = FeatureStats()
+    for idx in loaded.values():
+        fs.add(idx)
+    return fs
+
+
+def build_corpus(data_list: Path, token_path: str, use_cache: bool = True,
+                 shards_read: tuple[list[str], dict[str, Any]] | None = None) -> tuple[Corpus, list[str]]:
+    from .text_tokens import qwen_counter, tokenizer_id
+
+    tid = tokenizer_id(token_path)
+    counter = None
+    shards, utt, ns, sr, tl, stl, rej = [], [], [], [], [], [], []
+    any_reject = False
+    unreadable = []
+    sources, loaded = shards_read or read_shards(data_list, use_cache)
     for src in sources:
         if src not in loaded:
             unreadable.append(src)
@@ -190,28 +301,70 @@ def build_corpus(data_list: Path, token_path: str, use_cache: bool = True) -> tu
     return Corpus(shards, utt, ns, sr, tl, stl, rej if any_reject else None), unreadable
 
 
-def analyse(doc: Document, opts: Any, keep_batches: bool = False) -> DataAnalysis:
-    """Never raises for bad data or unsupported configs: the problem goes into ``error`` (rule CX600)."""
+def analyse(doc: Document, opts: Any, keep_batches: bool = False, upstream: Any = None) -> DataAnalysis:
+    """Never raises for bad data or unsupported configs: the problem goes into ``error`` (rule CX600).
+
+    ``upstream`` (a :class:`target.Upstream`) picks the pipeline generation to replay; by default it is
+    inferred from the config."""
+    from .target import config_family, infer_upstream
+
     a = DataAnalysis(str(opts.data), opts.model)
+    if upstream is None:
+        upstream = infer_upstream(doc, config_family(doc))
     try:
-        _analyse(doc, opts, a, keep_batches)
+        _analyse(doc, opts, a, keep_batches, upstream.keeps_half)
     except (Unsupported, LengthError, RefError, OSError, ValueError, KeyError, TypeError, ImportError) as exc:
         a.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (Unsupported, LengthError)) else str(exc)
     return a
 
 
-def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool) -> None:
+def _check_alignment(al: Alignment, corpus: Corpus, res: EpochResult) -> None:
+    frames = res.frames  # type: ignore[attr-defined]
+    tokens = corpus.speech_token_len
+    for g, f in frames.items():
+        al.rows += 1
+        if f != al.token_mel_ratio * tokens[g]:
+            al.misaligned += 1
+            if len(al.examples) < 3:
+                al.examples.append((corpus.utt[g], tokens[g], f))
+    for b in res.batches:
+        if b:
+            al.batches += 1
+            # the flow pads tokens and mels separately: only the longest of each must line up
+            if max(frames[g] for g in b) != al.token_mel_ratio * max(tokens[g] for g in b):
+                al.crashing_batches += 1
+
+
+def _flow_ratio(doc: Document) -> int | None:
+    for path in (("flow", "token_mel_ratio"), ("token_mel_ratio",)):
+        v = doc.value(*path)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep_half: bool = False) -> None:
+    use_cache = getattr(opts, "use_cache", True)
+    shards_read = read_shards(Path(opts.data), use_cache)
+    a.features = features_of(shards_read[1])  # feature checks work even if the replay below cannot run
+    a.online = bool(getattr(opts, "onnx_path", None))
     key = "data_pipeline_gan" if opts.model == "hifigan" else "data_pipeline"
     st = stages(doc, key)
     if not st:
         raise Unsupported(f"the config has no {key} to replay")
     tokenize = next((s for s in st if s.func == "tokenize"), None)
     plan = [(s.func, stage_params(doc, s)) for s in st]
+    for func, p in plan:
+        if func == "shuffle":
+            p["keep_half"] = keep_half
     batch = dict(plan)["batch"] if "batch" in dict(plan) else None
     if batch and batch["batch_type"] == "dynamic":
         a.max_frames_in_batch = batch["max_frames_in_batch"]
     token_path = _token_path(doc, tokenize, getattr(opts, "qwen_pretrain_path", None))
-    corpus, a.unreadable_shards = build_corpus(Path(opts.data), token_path, getattr(opts, "use_cache", True))
+    corpus, a.unreadable_shards = build_corpus(Path(opts.data), token_path, use_cache, shards_read)
+    nf, ratio = dict(plan).get("compute_fbank", {}).get("num_frames", -1), _flow_ratio(doc)
+    if isinstance(nf, int) and nf > 0 and ratio and not a.online:
+        a.alignment = Alignment(nf, ratio)
     a.total = len(corpus.utt)
     acc = doc.value("train_conf", "accum_grad", default=1)
     a.accum_grad = acc if isinstance(acc, int) and not isinstance(acc, bool) and acc >= 1 else 1
@@ -242,7 +395,9 @@ def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool) -> N
         for r in range(world):
             count = 0
             for w in range(workers):
-                res: EpochResult = run_epoch(corpus, plan, epoch, rngs[(r, w)], r, world, w, workers)
+                res: EpochResult = run_epoch(corpus, plan, epoch, rngs[(r, w)], r, world, w, workers, online=a.online)
+                if epoch == 0 and a.alignment is not None:
+                    _check_alignment(a.alignment, corpus, res)
                 count += len(res.batches)
                 empty += sum(1 for b in res.batches if not b)
                 empty_first |= bool(res.batches) and not res.batches[0]

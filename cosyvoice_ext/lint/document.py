@@ -100,15 +100,19 @@ class Document:
         return cur
 
     def deref(self, node: YNode | None, _depth: int = 0) -> YNode | None:
-        """Follow a `!ref <x>` that is exactly one reference; other nodes come back unchanged."""
+        """Follow a `!ref <x>` that is exactly one reference; other nodes come back unchanged. A reference
+        that resolves to nothing (or a cycle) gives None: rules treat it as absent, CX003 reports it."""
         while isinstance(node, YScalar) and node.tag in ("!ref", "!copy"):
             refs = REF.findall(node.raw)
             if len(refs) != 1 or node.raw.strip() != f"<{refs[0]}>":
                 return node
             _depth += 1
             if _depth > 50:
-                raise RefError(f"reference cycle through <{refs[0]}>")
-            node = self.ref_target(refs[0])
+                return None
+            try:
+                node = self.ref_target(refs[0])
+            except RefError:
+                return None
         return node
 
     def scalar(self, node: YNode, _depth: int = 0, _memo: dict[int, Any] | None = None) -> Any:

@@ -49,6 +49,8 @@ class Options:
     world_size: int = 1
     num_workers: int = 0
     use_cache: bool = True
+    upstream: Any = None  # Path of an upstream tree (--upstream) or an already read target.Upstream
+    onnx_path: str | None = None  # what train.py will get as --onnx_path ('' = precomputed features)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class FileResult:
     findings: list[Finding]
     data: Any = None  # DataAnalysis summary (dict) in data-aware mode
     internal_errors: int = 0
+    target: dict[str, Any] = field(default_factory=dict)  # family and upstream, as lint saw them
 
 
 def _norm(codes: Iterable[str] | None) -> list[str]:
@@ -102,14 +105,16 @@ def lint_document(doc: Document, registry: RuleRegistry, opts: Options) -> FileR
     cfg_select, cfg_ignore = _config_selection(doc) if doc.root is not None else (None, [])
     select = _norm(opts.select) if opts.select is not None else cfg_select
     ignore = _norm(opts.ignore) + cfg_ignore
+    cfam, upstream = _target(doc, opts)
     ctx = LintContext(doc=doc, model=opts.model, gpu_memory=opts.gpu_memory, train_engine=opts.train_engine,
-                      options={"qwen_pretrain_path": opts.qwen_pretrain_path})
+                      options={"qwen_pretrain_path": opts.qwen_pretrain_path, "onnx_path": opts.onnx_path},
+                      family=cfam, upstream=upstream)
     rules = [r for r in registry.sorted() if is_selected(r.code, select, ignore)]
     data_summary = None
-    if opts.data is not None and doc.root is not None and any(r.needs_data for r in rules):
+    if opts.data is not None and doc.root is not None and any(r.needs_data or r.uses_data for r in rules):
         from .data_analysis import analyse
 
-        ctx.data = analyse(doc, opts)
+        ctx.data = analyse(doc, opts, upstream=upstream)
         data_summary = ctx.data.summary()
     findings: list[Finding] = []
     internal = 0
@@ -129,7 +134,19 @@ def lint_document(doc: Document, registry: RuleRegistry, opts: Options) -> FileR
                                     "report this bug; meanwhile --ignore " + rule.code, "internal-error"))
     findings = [f for f in findings if f.code == INTERNAL or not doc.suppressed(f.code, f.line)]
     findings.sort(key=lambda f: (f.line, f.col, f.code))
-    return FileResult(str(doc.path), findings, data_summary, internal)
+    target = {**cfam.as_dict(), "upstream": upstream.as_dict()} if doc.root is not None else {}
+    return FileResult(str(doc.path), findings, data_summary, internal, target)
+
+
+def _target(doc: Document, opts: Options):
+    """The config's family and the upstream it targets (the tree named by --upstream, else inferred)."""
+    from .target import Upstream, config_family, infer_upstream, read_upstream
+
+    cfam = config_family(doc)
+    up = opts.upstream
+    if isinstance(up, (str, Path)):
+        up = opts.upstream = read_upstream(Path(up))  # once per run, not per file
+    return cfam, up if isinstance(up, Upstream) else infer_upstream(doc, cfam)
 
 
 def _finding(doc: Document, rule: Rule, issue: Issue) -> Finding:

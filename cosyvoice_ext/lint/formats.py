@@ -39,6 +39,8 @@ def render(results: list[FileResult], registry: RuleRegistry, fmt: str, show_sta
 def _concise(results: list[FileResult], registry: RuleRegistry, show_stats: bool) -> str:
     out = []
     for r in results:
+        if r.target:
+            out.append(target_text(r.path, r.target))
         for f in r.findings:
             line = f"{f.path}:{f.line}:{f.col}: {f.code} [{f.severity}] {f.message}"
             if f.fix:
@@ -60,10 +62,24 @@ def _concise(results: list[FileResult], registry: RuleRegistry, show_stats: bool
     return "\n".join(out)
 
 
+def target_text(path: str, t: dict[str, Any]) -> str:
+    """'conf.yaml: cosyvoice3 (llm CosyVoice3LM, flow CausalMaskedDiffWithDiT); upstream: train.py with --onnx_path (...)'."""
+    classes = ", ".join(f"{k} {v.rsplit('.', 1)[-1]}" for k, v in t.get("classes", {}).items())
+    fam = t.get("family") or "unknown family"
+    up = t.get("upstream") or {}
+    flag = up.get("onnx_path_flag")
+    where = ("train.py with --onnx_path (2026 upstream)" if flag else "train.py without --onnx_path (2025 upstream)"
+             if flag is False else "not known")
+    return f"{path}: {fam}{f' ({classes})' if classes else ''}; upstream: {where}, {up.get('source', '')}".rstrip(", ")
+
+
 def _data_text(path: str, d: dict[str, Any]) -> str:
+    feats = _features_text(d.get("features"))
     if d.get("error"):
-        return f"{path}: data-aware summary unavailable: {d['error']}"
+        return f"{path}: data-aware summary unavailable: {d['error']}" + (f"\n    {feats}" if feats else "")
     lines = [f"{path}: data-aware summary ({d.get('data_list')}, model {d.get('model') or 'any'})"]
+    if feats:
+        lines.append(f"    {feats}" + (" (replayed with online features)" if d.get("online_features") else ""))
     lines.append(f"    utterances: {d['total']} read, {d['kept']} kept by the pipeline")
     for reason, n in sorted(d.get("dropped", {}).items()):
         lines.append(f"    dropped {n:6d}: {reason}")
@@ -79,6 +95,14 @@ def _data_text(path: str, d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _features_text(f: dict[str, Any] | None) -> str:
+    if not f:
+        return ""
+    n = f["rows"]
+    return (f"features: speech_token in {n - f['rows_without_speech_token']}/{n} rows, embeddings in "
+            f"{n - f['rows_without_embedding']}/{n}, instruct in {n - f['rows_without_instruct']}/{n}")
+
+
 def _json(results: list[FileResult], registry: RuleRegistry, show_stats: bool) -> str:
     doc: dict[str, Any] = {
         "version": 1,
@@ -87,6 +111,9 @@ def _json(results: list[FileResult], registry: RuleRegistry, show_stats: bool) -
     data = {r.path: r.data for r in results if r.data}
     if data:
         doc["data"] = data
+    targets = {r.path: r.target for r in results if r.target}
+    if targets:
+        doc["targets"] = targets
     if show_stats:
         doc["statistics"] = statistics(results, registry)
     return json.dumps(doc, indent=2)

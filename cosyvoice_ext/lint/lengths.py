@@ -1,7 +1,8 @@
 """Per-utterance lengths of upstream parquet shards, without decoding audio.
 
 Audio length comes from the WAV header inside ``audio_data`` (RIFF ``fmt `` + ``data`` chunk size),
-speech-token counts from the list column's offsets, transcripts from ``text``. A sidecar index per
+speech-token counts from the list column's offsets, transcripts from ``text``; also which features
+the rows carry (speech tokens, speaker embeddings, CosyVoice3's ``instruct``). A sidecar index per
 shard (JSON under the cosyext cache, keyed by path, size and mtime) makes repeat lint runs skip
 parquet entirely; text-token counts are cached per tokenizer.
 """
@@ -12,11 +13,12 @@ import hashlib
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+EXAMPLES = 3  # utterance ids kept per shard to name in messages
 
 
 class LengthError(Exception):
@@ -33,6 +35,12 @@ class ShardIndex:
     reject_len: list[int] | None  # None: no reject_speech_token column
     text: list[str]
     text_tokens: dict[str, list[int]]  # tokenizer id -> counts
+    token_column: bool = True  # False: no speech_token column (speech_token_len all 0)
+    embedding_columns: bool = True  # utt_embedding and spk_embedding both exist
+    embedding_missing: int = 0  # rows without non-empty utt/spk embeddings (all rows without the columns)
+    instruct_column: bool = False
+    instruct_missing: int = 0  # rows whose instruct is null or '' (all rows without the column)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # a few utt ids per problem, for messages
 
     def to_json(self) -> dict[str, Any]:
         return {"version": INDEX_VERSION, **self.__dict__}
@@ -83,16 +91,25 @@ def _read_parquet(path: Path) -> ShardIndex:
 
     pf = pq.ParquetFile(path, memory_map=True)
     names = set(pf.schema_arrow.names)
-    need = {"utt", "text", "audio_data", "speech_token"}
+    need = {"utt", "text", "audio_data"}
     if not need <= names:
         raise LengthError(f"{path} lacks column(s) {', '.join(sorted(need - names))} that upstream's pipeline reads")
-    cols = ["utt", "text", "speech_token", "audio_data"] + (["reject_speech_token"] if "reject_speech_token" in names else [])
+    optional = ("speech_token", "reject_speech_token", "utt_embedding", "spk_embedding", "instruct")
+    cols = ["utt", "text", "audio_data", *(c for c in optional if c in names)]
     table = pf.read(columns=cols)
     utt = [str(u) for u in table.column("utt").to_pylist()]
     text = [str(t) for t in table.column("text").to_pylist()]
 
     def list_lengths(name: str) -> list[int]:
+        if name not in names:
+            return [0] * len(utt)
         return [int(x) if x is not None else 0 for x in pc.list_value_length(table.column(name)).to_pylist()]
+
+    emb_cols = "utt_embedding" in names and "spk_embedding" in names
+    emb_ok = [a > 0 and b > 0 for a, b in zip(list_lengths("utt_embedding"), list_lengths("spk_embedding"))]
+    instruct = table.column("instruct").to_pylist() if "instruct" in names else [None] * len(utt)
+    no_emb = [u for u, ok in zip(utt, emb_ok) if not ok]  # no columns: every row
+    no_instruct = [u for u, i in zip(utt, instruct) if not isinstance(i, str) or not i]
 
     n_samples, rates = [], []
     for chunk in table.column("audio_data").chunks:
@@ -104,7 +121,11 @@ def _read_parquet(path: Path) -> ShardIndex:
             n_samples.append(frames)
             rates.append(rate)
     return ShardIndex(str(path), utt, n_samples, rates, list_lengths("speech_token"),
-                      list_lengths("reject_speech_token") if "reject_speech_token" in names else None, text, {})
+                      list_lengths("reject_speech_token") if "reject_speech_token" in names else None, text, {},
+                      token_column="speech_token" in names, embedding_columns=emb_cols,
+                      embedding_missing=len(no_emb), instruct_column="instruct" in names,
+                      instruct_missing=len(no_instruct), examples={"embedding": no_emb[:EXAMPLES],
+                                                                   "instruct": no_instruct[:EXAMPLES]})
 
 
 def load_shard(path: Path, use_cache: bool = True) -> ShardIndex:

@@ -2,7 +2,8 @@
 
 Each entry is usually ``!ref <filter>`` pointing at ``filter: !name:cosyvoice.dataset.processor.filter``
 with keyword arguments; the stage is named by the tag's last component. ``DEFAULTS`` are upstream's
-keyword defaults (cosyvoice/dataset/processor.py at the pin), used when the config leaves one out.
+keyword defaults (cosyvoice/dataset/processor.py at the 2025 pin and at ace7c47), used when the config
+leaves one out.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                "min_output_input_ratio": 0.0005, "max_output_input_ratio": 1},
     "resample": {"resample_rate": 22050, "min_sample_rate": 16000},
     "truncate": {"truncate_length": 24576},
-    "compute_fbank": {"token_mel_ratio": 0},
+    "compute_fbank": {"token_mel_ratio": 0, "num_frames": -1},  # 2025: token_mel_ratio; 2026: num_frames
     "shuffle": {"shuffle_size": 10000},
     "sort": {"sort_size": 500},
     "batch": {"batch_type": "static", "batch_size": 16, "max_frames_in_batch": 12000},
@@ -56,7 +57,10 @@ class Stage:
 
 def stages(doc: Document, key: str = "data_pipeline") -> list[Stage] | None:
     """The stages of ``key`` in order; None when the config has no such list."""
-    seq = doc.deref(doc.root.get(key)) if doc.root is not None else None
+    try:
+        seq = doc.deref(doc.root.get(key)) if doc.root is not None else None
+    except RefError:  # `data_pipeline: !ref <nowhere>` is CX003's finding, not a crash
+        return None
     if not isinstance(seq, YSeq):
         return None
     out = []

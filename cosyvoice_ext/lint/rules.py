@@ -27,6 +27,7 @@ from .yamlpos import Pos, YNode
 if TYPE_CHECKING:
     from .data_analysis import DataAnalysis
     from .document import Document
+    from .target import ConfigFamily, Upstream
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -43,7 +44,11 @@ class Issue:
 
 @dataclass
 class LintContext:
-    """Everything a rule may look at. ``data`` is set only in data-aware mode (``--data``)."""
+    """Everything a rule may look at. ``data`` is set only in data-aware mode (``--data``).
+
+    ``family`` is the model family the config's classes name (CosyVoice2/3); ``upstream`` what lint
+    knows of the train.py that will run it (``--upstream DIR`` or inferred from the config).
+    ``options['onnx_path']`` is what the user will pass to train.py (None: not said)."""
 
     doc: "Document"
     model: str | None = None  # "llm" | "flow" | "hifigan" | None (unknown: check both)
@@ -51,6 +56,8 @@ class LintContext:
     train_engine: str | None = None  # "torch_ddp" | "deepspeed" | None (unknown)
     data: "DataAnalysis | None" = None
     options: dict[str, Any] = field(default_factory=dict)
+    family: "ConfigFamily | None" = None
+    upstream: "Upstream | None" = None
 
     def models(self) -> tuple[str, ...]:
         """Models the run trains: the one given, or every model the config defines."""
@@ -73,3 +80,4 @@ class Rule:
     example: str = ""
     fix: str = ""
     needs_data: bool = False  # runs only with --data
+    uses_data: bool = False  # runs without --data too, but reads ctx.data when it is there

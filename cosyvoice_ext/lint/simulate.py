@@ -1,8 +1,10 @@
 """Upstream's training data pipeline replayed on lengths only: same shard shuffle, same filter
 decisions, same sample shuffle (same random-number draws), same stable sort, same batching.
 
-Upstream (cosyvoice/dataset/dataset.py, processor.py at the pin): ``DistributedSampler`` shuffles
-the shard list with ``random.Random(epoch)``; ``shuffle``/``truncate`` draw from the *global*
+Upstream (cosyvoice/dataset/dataset.py, processor.py at the 2025 pin; the 2026 upstream's differences,
+``num_frames`` padding, the half-buffer shuffle and keeping rows without tokens under online features,
+are options): ``DistributedSampler`` shuffles the shard list with ``random.Random(epoch)``;
+``shuffle``/``truncate`` draw from the *global*
 ``random`` state (seeded by the config's ``!apply:random.seed`` line, and carried across epochs);
 ``sort`` orders each buffer by mel frames; ``dynamic_batch`` pads to the longest sample and emits the
 buffer when the next sample would overflow - so an oversize first sample yields an EMPTY batch.
@@ -62,7 +64,9 @@ def mel_frames(n: int, n_fft: int, hop: int, center: bool) -> int:
     return (length - n_fft) // hop + 1 if length >= n_fft else 0
 
 
-def _filter(src: Iterable[Sample], c: Corpus, p: dict[str, Any], dropped: dict[str, int]) -> Iterator[Sample]:
+def _filter(src: Iterable[Sample], c: Corpus, p: dict[str, Any], dropped: dict[str, int],
+            online: bool = False) -> Iterator[Sample]:
+    """With online features (2026 upstream, --onnx_path DIR) rows without speech tokens are kept."""
     for s in src:
         g = s[0]
         num_frames = s[1] / s[2] * 100
@@ -76,9 +80,9 @@ def _filter(src: Iterable[Sample], c: Corpus, p: dict[str, Any], dropped: dict[s
             reason = "token_min_length"
         elif t > p["token_max_length"]:
             reason = "token_max_length"
-        elif s[3] == 0:
+        elif s[3] == 0 and not online:
             reason = "speech_token"
-        elif c.reject_len is not None and c.reject_len[g] == 0:
+        elif c.reject_len is not None and c.reject_len[g] == 0 and not online:
             reason = "reject_speech_token"
         elif num_frames != 0 and t / num_frames < p["min_output_input_ratio"]:
             reason = "min_output_input_ratio"
@@ -117,8 +121,12 @@ def _truncate(src: Iterable[Sample], p: dict[str, Any], rng: random.Random) -> I
 
 
 def _fbank(src: Iterable[Sample], p: dict[str, Any]) -> Iterator[Sample]:
+    """2025: features trimmed to token_mel_ratio x tokens; 2026: audio zero-padded to a multiple of num_frames."""
     ratio = p.get("token_mel_ratio") or 0
+    nf = p.get("num_frames", -1)
     for s in src:
+        if isinstance(nf, int) and nf > 0:
+            s[1] = math.ceil(s[1] / nf) * nf
         frames = mel_frames(s[1], p["n_fft"], p["hop_size"], p["center"])
         if ratio != 0:
             token_len = int(min(frames / ratio, s[3]))
@@ -128,14 +136,21 @@ def _fbank(src: Iterable[Sample], p: dict[str, Any]) -> Iterator[Sample]:
         yield s
 
 
-def _shuffle(src: Iterable[Sample], size: int, rng: random.Random) -> Iterator[Sample]:
+def _shuffle(src: Iterable[Sample], size: int, rng: random.Random, keep_half: bool = False) -> Iterator[Sample]:
+    """A full buffer is shuffled and yielded whole (2025), or its first int(size / 2) are yielded and the
+    rest stays in the buffer (the 2026 upstream)."""
     buf: list[Sample] = []
+    half = int(size / 2)
     for s in src:
         buf.append(s)
         if len(buf) >= size:
             rng.shuffle(buf)
-            yield from buf
-            buf = []
+            if keep_half:
+                yield from buf[:half]
+                buf = buf[half:]
+            else:
+                yield from buf
+                buf = []
     rng.shuffle(buf)
     yield from buf
 
@@ -195,7 +210,8 @@ def shard_order(n_shards: int, epoch: int, rank: int = 0, world_size: int = 1, w
 
 
 def run_epoch(c: Corpus, stages: list[tuple[str, dict[str, Any]]], epoch: int, rng: random.Random,
-              rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1) -> EpochResult:
+              rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
+              online: bool = False) -> EpochResult:
     """One pass of one (rank, worker) stream through the pipeline; ``rng`` is the global random state."""
     dropped: dict[str, int] = {}
     order = shard_order(len(c.shards), epoch, rank, world_size, worker, num_workers)
@@ -203,12 +219,12 @@ def run_epoch(c: Corpus, stages: list[tuple[str, dict[str, Any]]], epoch: int, r
                              for i in order for g in c.shards[i])
     batched = False
     for func, p in stages:
-        if func in ("parquet_opener", "tokenize", "parse_embedding", "compute_f0"):
+        if func in ("parquet_opener", "tokenize", "parse_embedding", "compute_f0", "compute_whisper_fbank"):
             continue
         if batched and func != "padding":
             raise Unsupported(f"stage {func} after batch cannot be replayed")
         if func == "filter":
-            stream = _filter(stream, c, p, dropped)
+            stream = _filter(stream, c, p, dropped, online)
         elif func == "resample":
             stream = _resample(stream, p, dropped)
         elif func == "truncate":
@@ -216,7 +232,7 @@ def run_epoch(c: Corpus, stages: list[tuple[str, dict[str, Any]]], epoch: int, r
         elif func == "compute_fbank":
             stream = _fbank(stream, p)
         elif func == "shuffle":
-            stream = _shuffle(stream, p["shuffle_size"], rng)
+            stream = _shuffle(stream, p["shuffle_size"], rng, bool(p.get("keep_half")))
         elif func == "sort":
             stream = _sort(stream, p["sort_size"])
         elif func == "batch":
