@@ -524,3 +524,30 @@ def test_half_buffer_shuffle_of_the_2026_upstream():
     assert list(_shuffle(iter(items), 4, rng, keep_half=True)) == expect
     assert sorted(map(tuple, expect)) == [(i,) for i in range(10)]
     assert list(_shuffle(iter([[i] for i in range(10)]), 4, random.Random(5))) != expect  # the 2025 shuffle differs
+
+
+# --- the tiny configs and data the e2e tests train with (cosyvoice_ext.tiny) ----------------------
+
+@pytest.mark.parametrize("family", ["cosyvoice2", "cosyvoice3"])
+def test_tiny_2026_configs_and_data_lint_clean(registry, tmp_path, tok, family):
+    """What the end-to-end suite trains on ace7c47 must not be flagged: static, and with its data
+    (precomputed features with --onnx-path '', or online features with --onnx-path DIR)."""
+    from cosyvoice_ext.tiny.api import WITH_COSYVOICE3
+    from cosyvoice_ext.tiny.config import render_tiny_config
+
+    text = render_tiny_config(tok, family=family, api=WITH_COSYVOICE3)
+    errors = lambda res: [f"{f.code} {f.message}" for f in res.findings if f.severity == "error"]  # noqa: E731
+    for model in ("llm", "flow"):
+        assert not errors(_lint(registry, text, model=model)), model
+    pre = write_parquet_dataset(tmp_path / "pre", 10, shards=2, seed=1, family=family)
+    online = write_parquet_dataset(tmp_path / "online", 10, shards=2, seed=1, family=family, online_features=True)
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in ("campplus.onnx", "speech_tokenizer_v2.batch.onnx", "speech_tokenizer_v3.batch.onnx"):
+        (d / f).write_bytes(b"stand-in")  # lint checks the files are there, it never loads them
+    for model in ("llm", "flow"):
+        res = _run(registry, tmp_path, text, pre, model=model, onnx_path="")
+        assert not errors(res) and res.data["kept"] == 10, (model, errors(res))
+        res = _run(registry, tmp_path, text, online, model=model, onnx_path=str(d))
+        assert not errors(res) and res.data["kept"] == 10, (model, errors(res))
+        assert [f.severity for f in _codes(_run(registry, tmp_path, text, online, model=model), "CX506")] == ["warning"]
