@@ -384,6 +384,14 @@ def test_cx505_checks_names_and_keywords_against_the_tree(registry, tmp_path):
 
 # --- CX506: train.py --onnx_path ------------------------------------------------------------------
 
+def test_cx106_has_no_cosyvoice2_estimate_for_the_dit_flow(registry):
+    text = CV3.format(qwen="''", nf=960).replace("max_frames_in_batch: 400", "max_frames_in_batch: 20000")
+    flow = _codes(_lint(registry, text, model="flow", gpu_memory=1), "CX106")
+    assert [f.severity for f in flow] == ["info"] and "no measured memory model for the cosyvoice3 flow" in flow[0].message
+    llm = _codes(_lint(registry, text, model="llm", gpu_memory=1), "CX106")  # the same Qwen2 LLM: estimated
+    assert [f.severity for f in llm] == ["warning"] and "GiB for llm" in llm[0].message
+
+
 def test_cx506_says_what_to_pass_per_family(registry):
     cv3 = _codes(_lint(registry, CV3.format(qwen="''", nf=960), model="flow"), "CX506")
     assert len(cv3) == 1 and cv3[0].severity == "info"
