@@ -116,3 +116,17 @@ def test_lock_covers_every_upstream_module_training_imports(upstream_at, lock, r
     assert "cosyvoice/bin/train.py" in commit.files
     assert rel, "no upstream module was imported"
     assert rel <= set(commit.files), sorted(rel - set(commit.files))
+
+
+def test_readme_supported_upstreams_table_matches_the_lock(lock):
+    """Docs match the code: one README row per supported commit, with its name, hash and families."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Supported upstreams"):]
+    rows = [line for line in table.split("\n\n", 2)[1].splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == len(lock.commits)
+    for c in lock.commits:
+        row = next(r for r in rows if f"`{c.name}`" in r)
+        assert f"`{c.commit[:8]}`" in row, row
+        for fam in c.families:
+            assert {"cosyvoice2": "CosyVoice2", "cosyvoice3": "CosyVoice3"}[fam] in row, row
+        assert (f"patches/{c.patches_dir}" in row) and ("(default)" in row) == (c is lock.newest), row

@@ -137,7 +137,6 @@ def max_abs_diff(a: dict, b: dict) -> float:
 # --- CosyVoice3 (upstream ace7c47): CosyVoice3LM and the DiT flow -------------------------------------
 
 CV3_REV = "ace7c47"
-MATCHA_REV = "dd9105b34bf2be2230f4aa1e4769fb586a3c824e"
 # Tiny CosyVoice3 models from upstream's recipe (examples/libritts/cosyvoice3/conf/cosyvoice3.yaml): the
 # DiT is dim 64, depth 2, heads 2, dim_head 32; PreLookaheadLayer 32 channels; mel/spk dims stay 80 and
 # the token vocabulary 6561, as upstream's inference code hard-codes them.
@@ -229,45 +228,6 @@ _UPSTREAM_TOPS = ("cosyvoice", "matcha")
 _module_sets: dict[str, dict] = {}
 
 
-def clone_upstream(dest: Path, rev: str) -> Path:
-    """An upstream tree at `rev` cloned from the offline bundles ($COSYEXT_UPSTREAM_MIRROR, else ../shared/upstream).
-
-    Stands in until tests/conftest.py offers `upstream_at(rev)`; fails (never skips) when no bundle exists.
-    """
-    import os
-    import subprocess
-
-    shared = Path(__file__).resolve().parents[2] / "shared" / "upstream"
-    mirror = Path(os.environ.get("COSYEXT_UPSTREAM_MIRROR") or shared)
-    bundles = {name: mirror / f"{name}.bundle" for name in ("CosyVoice", "Matcha-TTS")}
-    missing = [str(b) for b in bundles.values() if not b.is_file()]
-    if missing:
-        pytest.fail(f"CosyVoice3 tests need upstream {rev} from git bundles; missing {', '.join(missing)} "
-                    "(set COSYEXT_UPSTREAM_MIRROR to a folder holding CosyVoice.bundle and Matcha-TTS.bundle)")
-    tree, matcha = dest / "CosyVoice", dest / "CosyVoice" / "third_party" / "Matcha-TTS"
-    if not (tree / "cosyvoice").is_dir():
-        for cmd in (["git", "clone", "-q", "--no-checkout", str(bundles["CosyVoice"]), str(tree)],
-                    ["git", "-C", str(tree), "checkout", "-q", rev],
-                    ["git", "clone", "-q", "--no-checkout", str(bundles["Matcha-TTS"]), str(matcha)],
-                    ["git", "-C", str(matcha), "checkout", "-q", MATCHA_REV]):
-            subprocess.run(cmd, check=True, capture_output=True)
-    return tree
-
-
-def upstream_tree_at(request, tmp_path_factory, rev: str) -> Path:
-    """conftest's `upstream_at(rev, patched=False)` (hash-verified against vendor.lock) once the lock
-    supports `rev`; until then a private clone of the bundles at that commit."""
-    from cosyvoice_ext.errors import UsageError
-
-    try:
-        upstream_at = request.getfixturevalue("upstream_at")
-        lock = request.getfixturevalue("lock")
-        lock.resolve(rev)
-    except (pytest.FixtureLookupError, UsageError):  # no fixture yet, or the lock does not list rev yet
-        return clone_upstream(tmp_path_factory.mktemp(f"upstream-{rev}"), rev)
-    return Path(upstream_at(rev, patched=False))
-
-
 @contextmanager
 def upstream_imports(root: Path) -> Iterator[None]:
     """Import `cosyvoice`/`matcha` from `root` inside the block, whatever tree the process imported before.
@@ -346,8 +306,9 @@ def cv3_outputs(model: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
 # Fixtures for the CosyVoice3 tests; a test module imports them by name (pytest registers them there).
 
 @pytest.fixture(scope="module")
-def cv3_tree(request, tmp_path_factory) -> Path:
-    return upstream_tree_at(request, tmp_path_factory, CV3_REV)
+def cv3_tree(upstream_at) -> Path:
+    """conftest's pristine tree at ace7c47 (hash-verified against vendor.lock)."""
+    return Path(upstream_at(CV3_REV, patched=False))
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def upstream_on_path(upstream: Path | None) -> Iterator[None]:
 
 def make_workspace(root: Path, *, n_train: int = 16, n_cv: int = 4, seed: int = 0,
                    upstream: Path | None = None, family: str | Family = "cosyvoice2", online_features: bool = False,
-                   **config_kw) -> Workspace:
+                   shards: int = 1, **config_kw) -> Workspace:
     """Generate Qwen dir, train/cv parquet, config and base llm.pt/flow.pt under `root`.
 
     The config matches `upstream`'s training API (read from its source; without a tree, the API
@@ -79,15 +79,16 @@ def make_workspace(root: Path, *, n_train: int = 16, n_cv: int = 4, seed: int = 
     pass `upstream` (a CosyVoice tree) unless `cosyvoice` and `matcha` are importable already. When
     this process already imported `cosyvoice` from another tree, they are built in a child process,
     so two trees never mix. `online_features` writes data without embeddings and tokens plus the
-    ONNX models that compute them (`onnx_dir`). `config_kw` goes to `write_tiny_config` (max_epoch,
-    accum_grad, extra, ...).
+    ONNX models that compute them (`onnx_dir`). `shards`: train parquet files (upstream gives each rank
+    whole shards, so N ranks need N). `config_kw` goes to `write_tiny_config` (max_epoch, accum_grad,
+    extra, ...).
     """
     fam = family if isinstance(family, Family) else get_family(family)
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     qwen_dir = make_tiny_qwen(root / "qwen", seed=seed, family=fam)
     train_list, cv_list = write_train_cv(root / "data", n_train, n_cv, seed=seed, family=fam,
-                                         online_features=online_features)
+                                         online_features=online_features, shards=shards)
     config = write_tiny_config(root / "conf" / "tiny.yaml", qwen_dir, family=fam, upstream=upstream, **config_kw)
     onnx_dir = None
     if online_features:
