@@ -23,7 +23,6 @@ from cosyvoice_ext.lint.lengths import LengthError, wav_frames
 from cosyvoice_ext.lint.simulate import mel_frames
 from cosyvoice_ext.tiny.config import load_tiny_config, write_tiny_config
 from cosyvoice_ext.tiny.data import write_parquet_dataset
-from cosyvoice_ext.tiny.qwen import make_tiny_qwen
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +32,35 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory) -> Path:
+    """The tiny Qwen2 (weights too: the upstream comparisons load the whole config, LLM included)."""
+    from cosyvoice_ext.tiny.qwen import make_tiny_qwen
+
     return make_tiny_qwen(tmp_path_factory.mktemp("qwen") / "qwen")
+
+
+@pytest.fixture(scope="module")
+def qwen_tok(tmp_path_factory) -> Path:
+    """A Qwen2 tokenizer directory without weights (lint only tokenizes), in a fraction of a second
+    instead of building the tiny Qwen model (torch import, ~10 s): keeps the unit tier fast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from cosyvoice_ext.tiny.qwen import LEXICON
+
+    dest = tmp_path_factory.mktemp("qwen") / "qwen"
+    dest.mkdir()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(LEXICON[(i + k * step) % len(LEXICON)] for k in range(8))
+              for step in (1, 5, 7) for i in range(len(LEXICON))]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    tok.save(str(dest / "tokenizer.json"))
+    (dest / "tokenizer_config.json").write_text(json.dumps({  # what AutoTokenizer needs offline, as in Qwen's
+        "tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": None, "bos_token": None}))
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +193,9 @@ def _lint_json(capsys, *argv) -> tuple[int, dict]:
     return rc, json.loads(capsys.readouterr().out)
 
 
-def test_cli_data_mode_findings(tmp_path, qwen, capsys, cli_pm):
+def test_cli_data_mode_findings(tmp_path, qwen_tok, capsys, cli_pm):
     data = write_parquet_dataset(tmp_path / "data", 20, seed=5, min_sec=1.0, max_sec=3.0)
-    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen, max_epoch=2, max_frames_in_batch=400, log_interval=50,
+    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen_tok, max_epoch=2, max_frames_in_batch=400, log_interval=50,
                             accum_grad=4, scheduler="warmuplr", warmup_steps=500)
     rc, out = _lint_json(capsys, cfg, "--data", data, "--model", "llm")
     codes = {f["code"]: f for f in out["findings"]}
@@ -189,17 +216,17 @@ def test_cli_data_mode_findings(tmp_path, qwen, capsys, cli_pm):
     assert out["data"][str(cfg)]["dropped"] == {"more text tokens than filter token_max_length": 20}
 
 
-def test_cli_oversize_and_zero_steps(tmp_path, qwen, capsys, cli_pm):
+def test_cli_oversize_and_zero_steps(tmp_path, qwen_tok, capsys, cli_pm):
     data = write_parquet_dataset(tmp_path / "data", 6, seed=6, min_sec=1.0, max_sec=6.0)
-    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen, max_epoch=1, max_frames_in_batch=250, accum_grad=50)
+    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen_tok, max_epoch=1, max_frames_in_batch=250, accum_grad=50)
     rc, out = _lint_json(capsys, cfg, "--data", data)
     codes = {f["code"]: f for f in out["findings"]}
     assert "CX604" in codes and codes["CX606"]["severity"] == "error" and rc == 1
 
 
-def test_length_index_cache(tmp_path, qwen, monkeypatch):
+def test_length_index_cache(tmp_path, qwen_tok, monkeypatch):
     data = write_parquet_dataset(tmp_path / "data", 8, seed=7)
-    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen)
+    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen_tok)
     first = _analyse(cfg, data)
 
     def no_parquet(path):
@@ -223,7 +250,7 @@ def test_static_lint_imports_neither_torch_nor_pyarrow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_text_token_counts_match_transformers(qwen):
+def test_text_token_counts_match_transformers(qwen_tok):
     """The fast path (tokenizers on tokenizer.json) counts exactly what upstream's AutoTokenizer +
     CosyVoice2 special tokens produce, markup tokens included."""
     import random
@@ -235,6 +262,6 @@ def test_text_token_counts_match_transformers(qwen):
     pieces = [*SPECIAL_TOKENS["additional_special_tokens"], "<|endoftext|>", " ", "\n", "é", "中文", "[breath", "<strong"]
     texts = ["".join(rng.choice([rng.choice(LEXICON) + " ", rng.choice(pieces), rng.choice("abXY.,!? ")])
                      for _ in range(rng.randint(0, 20))) for _ in range(500)]
-    fast, slow = qwen_counter(qwen), qwen_counter(qwen, via_transformers=True)
+    fast, slow = qwen_counter(qwen_tok), qwen_counter(qwen_tok, via_transformers=True)
     assert fast(texts) == slow(texts)
     assert fast(["[breath]"]) == [1]
