@@ -1,7 +1,7 @@
 """Lint rules that depend on the model family and the upstream a config targets (see
 cosyvoice_ext.lint.target): CX306-CX308 (the 2026 pipeline's mel/token alignment, the flow's
-streaming chunk, one family per config) and CX505-CX506 (names the upstream lacks, train.py's
-``--onnx_path``).
+streaming chunk, one family per config) and CX505-CX507 (names the upstream lacks, train.py's
+``--onnx_path``, the model keys train.py overrides).
 
 What each rule says upstream does was seen by running ace7c47's own Dataset and models (tiny sizes,
 CPU) on the rule's failing config; the docstrings quote it.
@@ -159,6 +159,29 @@ def _symbols_in_tree(ctx: LintContext, up: Any) -> Iterator[Issue]:
                             fix=f"remove or rename {k.raw} (a config for another upstream commit?)")
 
 
+# --- train.py's config load ---------------------------------------------------------------------
+
+#: train.py (both commits) loads the config with {k: None for k in these if k != args.model}
+OVERRIDDEN = ("llm", "flow", "hift", "hifigan")
+
+
+def _override_keys(ctx: LintContext) -> Iterator[Issue]:
+    """Seen with hyperpyyaml's own load_hyperpyyaml and train.py's override dict: a config without
+    ``hift`` gives ``KeyError: "Override 'hift' not found in: ['llm', 'flow']"`` (overrides must match)."""
+    root = ctx.doc.root
+    if not any(root.get(m) is not None for m in ("llm", "flow")):
+        return  # not a training config (a fragment, an included file)
+    missing = [k for k in OVERRIDDEN if k != ctx.model and root.key_node(k) is None]
+    if ctx.model is None:  # the model to train must exist anyway (CX504 when it is named)
+        missing = [k for k in missing if k not in ("llm", "flow") or root.key_node(k) is None]
+    if missing:
+        yield Issue(f"no top-level {', '.join(missing)}: train.py loads the config with overrides "
+                    f"{{{', '.join(f'{k}: None' for k in OVERRIDDEN if k != ctx.model)}}} for the models it does not "
+                    f"train, and HyperPyYAML refuses to override a key the config lacks (KeyError: \"Override "
+                    f"'{missing[0]}' not found in: [...]\")", at=root.start,
+                    fix=" and ".join(f"{k}: null" for k in missing) + " (null is enough when you do not train it)")
+
+
 # --- train.py --onnx_path ----------------------------------------------------------------------
 
 def _model_node(ctx: LintContext):
@@ -288,6 +311,14 @@ RULES = [
          example="llm: !new:cosyvoice.llm.llm.CosyVoice3LM\ncompute_fbank: !name:cosyvoice.dataset.processor.compute_fbank"
                  "\n  token_mel_ratio: 2",
          fix="Use the recipe config of the commit you train with (examples/libritts/*/conf)."),
+    Rule("CX507", "override-keys", "error", "The config lacks a model key train.py overrides (llm, flow, hift, hifigan).",
+         _override_keys,
+         why="train.py loads the config with overrides {k: None} for every model it does not train, and "
+             "HyperPyYAML's load_hyperpyyaml (overrides_must_match=True) raises KeyError: \"Override 'hift' not "
+             "found\" when the key is absent (seen). Both supported commits do this.",
+         example="llm: !new:cosyvoice.llm.llm.Qwen2LM\nflow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec\n"
+                 "# no hift:, no hifigan:",
+         fix="hift: null and hifigan: null (or the recipe's vocoder sections)."),
     Rule("CX506", "onnx-path", "info",
          "What to pass as train.py --onnx_path (2026 upstream), and whether the data and DIR allow it.", _onnx_path,
          uses_data=True,

@@ -559,3 +559,16 @@ def test_tiny_2026_configs_and_data_lint_clean(registry, tmp_path, tok, family):
         res = _run(registry, tmp_path, text, online, model=model, onnx_path=str(d))
         assert not errors(res) and res.data["kept"] == 10, (model, errors(res))
         assert [f.severity for f in _codes(_run(registry, tmp_path, text, online, model=model), "CX506")] == ["warning"]
+
+
+def test_cx507_is_what_hyperpyyaml_does_with_train_py_overrides(registry):
+    from hyperpyyaml import load_hyperpyyaml
+
+    text = "llm: {a: 1}\nflow: {b: 2}\n"
+    overrides = {k: None for k in ("llm", "flow", "hift", "hifigan") if k != "llm"}  # train.py --model llm
+    with pytest.raises(KeyError, match="Override 'hift' not found"):
+        load_hyperpyyaml(text, overrides=overrides)
+    res = _codes(_lint(registry, text, model="llm"), "CX507")
+    assert len(res) == 1 and res[0].message.startswith("no top-level hift, hifigan:")
+    assert load_hyperpyyaml(text + "hift: null\nhifigan: null\n", overrides=overrides)["llm"] is None
+    assert not _codes(_lint(registry, text + "hift: null\nhifigan: null\n", model="llm"), "CX507")
