@@ -570,5 +570,5 @@ def test_cx507_is_what_hyperpyyaml_does_with_train_py_overrides(registry):
         load_hyperpyyaml(text, overrides=overrides)
     res = _codes(_lint(registry, text, model="llm"), "CX507")
     assert len(res) == 1 and res[0].message.startswith("no top-level hift, hifigan:")
-    assert load_hyperpyyaml(text + "hift: null\nhifigan: null\n", overrides=overrides)["llm"] is None
+    assert load_hyperpyyaml(text + "hift: null\nhifigan: null\n", overrides=overrides)["flow"] is None
     assert not _codes(_lint(registry, text + "hift: null\nhifigan: null\n", model="llm"), "CX507")
