@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what you pass to train.py as --qwen_pretrain_path (it overrides the config key)")
     p.add_argument("--upstream", type=Path, metavar="DIR",
                    help="the upstream CosyVoice tree train.py runs from (its sources are read, never imported)")
-    p.add_argument("--onnx-path", metavar="DIR", dest="onnx_path",
+    p.add_argument("--onnx-path", metavar="''|DIR", dest="onnx_path",
                    help="what you pass to train.py as --onnx_path: '' = the data's precomputed speech tokens and "
                         "embeddings, DIR = online extraction with DIR's ONNX files (CX506)")
     p.add_argument("--select", metavar="CODES", action="append",
