@@ -146,8 +146,8 @@ def _token_alignment(ctx: LintContext) -> Iterator[Issue]:
     eg = "; ".join(f"{u}: {t} tokens x {al.token_mel_ratio} != {f} mel frames" for u, t, f in al.examples)
     st = find(stages(ctx.doc, "data_pipeline"), "compute_fbank")
     at = (st.param_node(ctx.doc, "num_frames") if st else None) or (st.item if st else None)
-    fix = ("train.py --onnx_path DIR (online tokens line up by construction), or re-extract the tokens from audio "
-           f"zero-padded to a multiple of {al.num_frames} samples")
+    fix = (f"re-extract the tokens from audio zero-padded to a multiple of {al.num_frames} samples (cosyext prepare "
+           "does), or drop the speech_token column and train with --onnx_path DIR (online tokens line up)")
     if al.crashing_batches:
         yield Issue(f"{al.misaligned} of {al.rows} rows have precomputed speech_token counts that do not match their "
                     f"mel frames after compute_fbank pads to {al.num_frames} samples ({eg}); {al.crashing_batches} of "
@@ -212,7 +212,9 @@ RULES = [
              "tokens, so each row needs len(speech_token) x token_mel_ratio == mel frames; tokens extracted from "
              "unpadded audio are often one short. The flow crashes on a batch whose longest row is off (seen: "
              "RuntimeError: Sizes of tensors must match) and silently misaligns the others. Online extraction "
-             "(--onnx_path DIR) computes tokens from the padded audio and always lines up.",
+             "computes tokens from the padded audio and lines up, but only for data without a speech_token "
+             "column: upstream uses a column that is there, even with --onnx_path DIR.",
          example="cosyext lint cosyvoice3.yaml --data data.list --model flow --onnx-path ''",
-         fix="--onnx_path DIR, or tokens extracted from audio padded to a multiple of num_frames."),
+         fix="Tokens extracted from audio padded to a multiple of num_frames, or no speech_token column and "
+             "--onnx_path DIR."),
 ]

@@ -202,6 +202,12 @@ def _onnx_files(ctx: LintContext) -> tuple[list[str], str]:
 
 
 def _onnx_path(ctx: LintContext) -> Iterator[Issue]:
+    """At ace7c47 (+ cosyext's patch 0009) ``--onnx_path DIR`` loads DIR/campplus.onnx and the family's
+    batch tokenizer and extracts a feature online only where the data lacks its column (upstream:
+    ``if 'speech_token' not in batch``); ``--onnx_path ''`` uses the data's features. Seen with
+    precomputed features: no speech_token column -> ``KeyError: 'speech_token'`` (filter), no
+    embedding columns -> ``AttributeError: 'NoneType' object has no attribute 'inference'``, empty
+    embeddings -> ``mat1 and mat2 shapes cannot be multiplied``, empty tokens -> the row is dropped."""
     if ctx.model == "hifigan" or not ctx.models():
         return
     up = ctx.upstream
@@ -210,12 +216,20 @@ def _onnx_path(ctx: LintContext) -> Iterator[Issue]:
     files, who = _onnx_files(ctx)
     at = _model_node(ctx)
     online_dir = f"--onnx_path DIR with {' + '.join(files)} in DIR"
+    prepare = "cosyext prepare --pretrained DIR writes speech_token and embeddings"
+    if feats is not None and feats.unusable:  # no --onnx_path choice trains on these rows
+        yield Issue(f"the data has feature columns without usable values ({feats.describe()}): with --onnx_path '' "
+                    "rows without tokens are dropped and empty embeddings crash, and --onnx_path DIR uses the "
+                    "columns as they are (online extraction happens only where a column is absent)",
+                    at=at, severity="error" if given is not None else "warning",
+                    fix=f"{prepare} (not --no-features), or drop those columns to have them extracted online")
+        return
     if up is None or up.onnx_flag is None:
         if given is None and feats is not None and not feats.precomputed:
-            yield Issue(f"the data lacks precomputed features ({feats.missing()}): only an upstream with online "
+            yield Issue(f"the data lacks precomputed features ({feats.describe()}): only an upstream with online "
                         f"extraction can train on it (train.py {online_dir}); the 2025 upstream cannot",
-                        at=at, severity="warning", fix="cosyext prepare writes speech_token and embeddings; or lint "
-                        "with --upstream DIR to learn what your train.py accepts")
+                        at=at, severity="warning", fix=f"{prepare}; or lint with --upstream DIR to learn what "
+                        "your train.py accepts")
         if given is None:
             return
     if up is not None and up.onnx_flag is False:
@@ -225,39 +239,40 @@ def _onnx_path(ctx: LintContext) -> Iterator[Issue]:
                         fix="drop --onnx_path; this upstream always trains on the data's speech_token and embeddings")
         if feats is not None and not feats.precomputed:
             yield Issue(f"this upstream has no online feature extraction and trains only on precomputed features, but "
-                        f"the data lacks them ({feats.missing()}) ({up.source})", at=at, severity="error",
-                        fix="cosyext prepare --pretrained DIR writes speech_token and embeddings")
+                        f"the data lacks them ({feats.describe()}) ({up.source})", at=at, severity="error",
+                        fix=prepare)
         return
     src = f" [{up.source}]" if up is not None and up.onnx_flag else ""
+    unpatched = up is not None and up.empty_means_precomputed is False
     if given is None:
         if feats is not None and not feats.precomputed:
             yield Issue(f"train.py needs --onnx_path here, and the data lacks precomputed features "
-                        f"({feats.missing()}): online extraction is required: pass {online_dir} ({who} loads "
-                        f"{files[-1]}; slower, and the data's tokens are not used){src}", at=at, severity="warning",
-                        fix=f"train.py {online_dir}; or run cosyext prepare to precompute them and pass --onnx_path ''")
+                        f"({feats.describe()}): online extraction is required: pass {online_dir} ({who}; absent "
+                        f"columns are computed from the audio at every step, which is slower){src}", at=at,
+                        severity="warning", fix=f"train.py {online_dir}; or {prepare} and pass --onnx_path ''")
             return
-        checked = "the data carries speech_token and embeddings" if feats is not None else \
-            "lint with --data to check the data carries speech_token and embeddings"
-        if up is not None and up.empty_means_precomputed is False:
+        checked = "the data carries them" if feats is not None else \
+            "lint with --data to check the data carries them"
+        if unpatched:
             checked += f"; this tree is unpatched: run cosyext apply-patches --upstream {up.path} first, stock " \
                        "upstream treats '' as online too"
         yield Issue(f"train.py needs --onnx_path here (without it it stops with TypeError: str expected, not "
                     f"NoneType): pass --onnx_path '' to train on the data's precomputed speech_token and embeddings "
-                    f"(cosyext prepare writes them; {checked}), or {online_dir} to extract them online ({who}; "
-                    f"slower, and the data's tokens are not used){src}", at=at,
+                    f"({prepare}; {checked}), or {online_dir} to compute them from the audio where the data has no "
+                    f"such columns ({who}; slower){src}", at=at,
                     fix="tell lint what you will pass with --onnx-path '' or --onnx-path DIR to have it checked")
         return
     if given == "":
-        if up is not None and up.empty_means_precomputed is False:
+        if unpatched:
             yield Issue(f"--onnx_path '' : this tree's cosyvoice/utils/onnx.py is unpatched and switches online "
                         "features on for any value, so campplus.onnx is looked up in the working directory "
                         f"(onnxruntime NO_SUCHFILE){src}", at=at, severity="error",
                         fix=f"cosyext apply-patches --upstream {up.path}, then --onnx_path ''")
         if feats is not None and not feats.precomputed:
             yield Issue(f"--onnx_path '' trains on the data's precomputed features, but the data lacks them "
-                        f"({feats.missing()}): rows without tokens are dropped silently, missing embedding columns "
-                        "stop training (AttributeError: 'NoneType' object has no attribute 'inference')", at=at,
-                        severity="error", fix=f"cosyext prepare writes them; or train.py {online_dir}")
+                        f"({feats.describe()}): without a speech_token column the filter stops with KeyError, "
+                        "without embedding columns parse_embedding stops with AttributeError", at=at,
+                        severity="error", fix=f"{prepare}; or train.py {online_dir}")
         return
     d = Path(given).expanduser()
     if not d.is_dir():
@@ -271,11 +286,15 @@ def _onnx_path(ctx: LintContext) -> Iterator[Issue]:
                     f"{' and '.join(files)} from it at start-up ({who}){src}", at=at, severity="error",
                     fix=f"put {', '.join(missing)} into {given}, or train on precomputed features with --onnx_path ''")
     wh = find(stages(ctx.doc, "data_pipeline"), "compute_whisper_fbank")
-    if wh is None and ("llm" in ctx.models() or "flow" in ctx.models()):
+    if wh is None and (feats is None or feats.tokens_absent):
         yield Issue("online speech tokens are computed from whisper_feat, which only the compute_whisper_fbank stage "
                     "adds: without it the model reads batch['whisper_feat'] and stops with a KeyError",
                     at=ctx.doc.root.key_node("data_pipeline") or at, severity="error",
                     fix="add !ref <compute_whisper_fbank> after parse_embedding (num_frames as compute_fbank's)")
+    if feats is not None and feats.precomputed and not missing:
+        yield Issue(f"--onnx_path {given}: the data carries every feature column, so nothing is extracted online "
+                    "(upstream computes a feature only where its column is absent); the ONNX models are loaded "
+                    "for nothing", at=at, fix="--onnx_path '' (same training, faster start)")
 
 
 RULES = [
@@ -323,10 +342,12 @@ RULES = [
          "What to pass as train.py --onnx_path (2026 upstream), and whether the data and DIR allow it.", _onnx_path,
          uses_data=True,
          why="The 2026 upstream's train.py stops without --onnx_path. With cosyext's patches, --onnx_path '' trains "
-             "on the data's precomputed speech_token and embeddings (cosyext prepare), --onnx_path DIR extracts them "
-             "online with DIR/campplus.onnx and the family's speech_tokenizer_v2/v3.batch.onnx (slower; needs "
-             "compute_whisper_fbank). Info by default; an error when --onnx-path names a choice that cannot work "
-             "(no tokens in the data, DIR lacking files), a warning when the data forces online extraction.",
+             "on the data's precomputed speech_token and embeddings (cosyext prepare); --onnx_path DIR loads "
+             "DIR/campplus.onnx and the family's speech_tokenizer_v2/v3.batch.onnx and computes a feature from the "
+             "audio wherever the data has no column for it (slower; tokens need compute_whisper_fbank); columns "
+             "that are there are used as they are. Info by default; an error when --onnx-path names a choice that "
+             "cannot work (no features in the data, DIR lacking files, empty feature columns), a warning when the "
+             "data forces online extraction.",
          example="# cosyext lint conf.yaml --data data.list --onnx-path ''   (data made with --no-features)",
          fix="--onnx_path '' with prepared data, or --onnx_path DIR holding the family's ONNX files."),
 ]

@@ -472,7 +472,8 @@ def test_cx506_with_data_without_features(registry, tmp_path, tok):
                  keep_schema=False)
     res = _codes(_run(registry, tmp_path, text, bare, model="flow"), "CX506")
     assert [f.severity for f in res] == ["warning"] and "online extraction is required" in res[0].message
-    assert "speech_token missing or empty in 12 of 12 rows; 2 of 2 shard(s) have no such column" in res[0].message
+    assert "(speech_token: no column in 2 of 2 shard(s) (12 rows); utt/spk_embedding: no columns in 2 of 2 shard(s) " \
+           "(12 rows) (of 12 rows))" in res[0].message
     res = _codes(_run(registry, tmp_path, text, bare, model="flow", onnx_path=""), "CX506")
     assert [f.severity for f in res] == ["error"] and "lacks them" in res[0].message
     d = tmp_path / "onnx"
@@ -488,6 +489,25 @@ def test_cx506_with_data_without_features(registry, tmp_path, tok):
     assert [f.severity for f in res] == ["error"] and "no online feature extraction" in res[0].message
 
 
+def test_cx506_feature_columns_without_values_train_with_neither_choice(registry, tmp_path, tok):
+    """`cosyext prepare --no-features` data: empty speech_token and all-zero embeddings, columns present.
+    Upstream uses a present column as it is, so --onnx_path DIR does not rescue it."""
+    text = CV3.format(qwen=tok, nf=960)
+    blank = _data(tmp_path, lambda r: {**r, "speech_token": [], "utt_embedding": [0.0] * 192,
+                                       "spk_embedding": [0.0] * 192})
+    d = tmp_path / "onnx"
+    d.mkdir()
+    for f in ("campplus.onnx", "speech_tokenizer_v3.batch.onnx"):
+        (d / f).write_bytes(b"x")
+    for given, severity in ((None, "warning"), ("", "error"), (str(d), "error")):
+        res = _codes(_run(registry, tmp_path, text, blank, model="flow", onnx_path=given), "CX506")
+        assert [f.severity for f in res] == [severity], given
+        assert "speech_token: empty in 12 rows" in res[0].message and "all zeros in 12 rows" in res[0].message
+    # complete data with a DIR: nothing would be extracted online
+    res = _codes(_run(registry, tmp_path, text, _data(tmp_path / "full"), model="flow", onnx_path=str(d)), "CX506")
+    assert [f.severity for f in res] == ["info"] and "nothing is extracted online" in res[0].message
+
+
 def test_cx609_precomputed_tokens_vs_padded_mels(registry, tmp_path, tok):
     text = CV3.format(qwen=tok, nf=960)
     data = _data(tmp_path, n=8, shards=1)
@@ -501,7 +521,14 @@ def test_cx609_precomputed_tokens_vs_padded_mels(registry, tmp_path, tok):
     assert not _codes(_run(registry, tmp_path, text, short, model="llm", onnx_path=""), "CX609")
     d = tmp_path / "onnx"
     d.mkdir()
-    assert "token_alignment" not in _run(registry, tmp_path, text, short, model="flow", onnx_path=str(d)).data
+    # a speech_token column is used even with --onnx_path DIR: still misaligned
+    assert [x.severity for x in _codes(_run(registry, tmp_path, text, short, model="flow", onnx_path=str(d)),
+                                       "CX609")] == ["error"]
+    # without the column the tokens come from the padded audio online: nothing to check
+    no_col = rewrite_shards(short, tmp_path / "nocol", lambda r: {k: v for k, v in r.items() if k != "speech_token"},
+                            keep_schema=False)
+    res = _run(registry, tmp_path, text, no_col, model="flow", onnx_path=str(d))
+    assert not _codes(res, "CX609") and "token_alignment" not in res.data
 
 
 def test_num_frames_padding_in_the_replay(tmp_path, tok):
@@ -572,3 +599,21 @@ def test_cx507_is_what_hyperpyyaml_does_with_train_py_overrides(registry):
     assert len(res) == 1 and res[0].message.startswith("no top-level hift, hifigan:")
     assert load_hyperpyyaml(text + "hift: null\nhifigan: null\n", overrides=overrides)["flow"] is None
     assert not _codes(_lint(registry, text + "hift: null\nhifigan: null\n", model="llm"), "CX507")
+
+
+def test_cx609_batches_with_a_row_without_tokens_go_online(tmp_path, tok):
+    """Upstream's padding adds speech_token to a batch only if every row has it; otherwise the whole batch
+    gets online tokens, so only all-precomputed batches can be misaligned."""
+    text = CV3.format(qwen=tok, nf=960).replace("max_frames_in_batch: 400", "max_frames_in_batch: 300")
+    data = write_parquet_dataset(tmp_path / "d", 12, shards=2, seed=5)
+    shards = data.read_text().split()
+    short = rewrite_shards(data, tmp_path / "mixed", lambda r: (
+        {**r, "speech_token": r["speech_token"][:-1]} if r["utt"] < "tiny_spk00_00006"
+        else {k: v for k, v in r.items() if k != "speech_token"}), keep_schema=False)
+    assert len(shards) == 2
+    a = analyse(Document.from_text(text), Options(data=short, model="flow", onnx_path=str(tmp_path)),
+                keep_batches=True)
+    with_tokens = {f"tiny_spk00_{i:05d}" for i in range(6)}
+    pure = [b for b in a.batch_utts[0] if b and set(b) <= with_tokens]
+    assert a.alignment.batches == len(pure) and a.alignment.rows == sum(map(len, pure)) == a.alignment.misaligned
+    assert 0 < len(pure) < len([b for b in a.batch_utts[0] if b])  # both kinds of batches occur

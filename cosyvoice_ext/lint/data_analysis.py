@@ -45,67 +45,90 @@ class EpochStats:
 
 @dataclass
 class FeatureStats:
-    """Which training features the rows carry, over every readable shard."""
+    """Which training features the rows carry, over every readable shard.
+
+    Upstream (2026) extracts a feature online only for rows whose shard LACKS its column (``'speech_token'
+    not in batch``, ``'utt_embedding' not in sample``); a column that is there is used as it is, empty or
+    zero. So "absent" and "empty" rows mean different things for ``--onnx_path DIR``."""
 
     rows: int = 0
     shards: int = 0
     no_token_column: list[str] = field(default_factory=list)  # shard paths
-    rows_without_tokens: int = 0  # empty speech_token (or no column)
+    tokens_absent: int = 0  # rows in shards without a speech_token column
+    tokens_empty: int = 0  # rows whose speech_token list is empty
     no_embedding_columns: list[str] = field(default_factory=list)
-    rows_without_embedding: int = 0
+    embeddings_absent: int = 0
+    embeddings_empty: int = 0  # empty utt/spk_embedding lists
+    embeddings_zero: int = 0  # all-zero utt_embedding (`cosyext prepare --no-features`)
     no_instruct_column: list[str] = field(default_factory=list)
     rows_without_instruct: int = 0  # null or '' (or no column)
     examples: dict[str, list[str]] = field(default_factory=dict)  # a few utt ids per problem
 
     @property
-    def has_tokens(self) -> bool:
-        return self.rows > 0 and self.rows_without_tokens == 0
-
-    @property
-    def has_embeddings(self) -> bool:
-        return self.rows > 0 and self.rows_without_embedding == 0
+    def unusable(self) -> int:
+        """Rows whose feature columns are there but hold nothing usable (no choice of --onnx_path helps)."""
+        return self.tokens_empty + self.embeddings_empty + self.embeddings_zero
 
     @property
     def precomputed(self) -> bool:
         """Everything `--onnx_path ''` (training on the data's features) needs."""
-        return self.has_tokens and self.has_embeddings
+        return self.rows > 0 and not (self.tokens_absent or self.embeddings_absent or self.unusable)
 
-    def missing(self) -> str:
-        """'speech_token in 3 of 10 rows (2 shards have no column), ...' for messages."""
+    @property
+    def online_usable(self) -> bool:
+        """`--onnx_path DIR` computes absent columns online, but uses present ones as they are."""
+        return self.rows > 0 and not self.unusable
+
+    def describe(self) -> str:
+        """'speech_token: no column in 2 of 2 shards (12 rows); ...' for messages."""
         parts = []
-        for what, rows, shards in (("speech_token", self.rows_without_tokens, self.no_token_column),
-                                   ("utt_embedding/spk_embedding", self.rows_without_embedding,
-                                    self.no_embedding_columns)):
-            if rows:
-                cols = f"; {len(shards)} of {self.shards} shard(s) have no such column" if shards else ""
-                parts.append(f"{what} missing or empty in {rows} of {self.rows} rows{cols}")
-        return ", ".join(parts)
+        if self.tokens_absent:
+            parts.append(f"speech_token: no column in {len(self.no_token_column)} of {self.shards} shard(s) "
+                         f"({self.tokens_absent} rows)")
+        if self.tokens_empty:
+            parts.append(f"speech_token: empty in {self.tokens_empty} rows")
+        if self.embeddings_absent:
+            parts.append(f"utt/spk_embedding: no columns in {len(self.no_embedding_columns)} of {self.shards} "
+                         f"shard(s) ({self.embeddings_absent} rows)")
+        if self.embeddings_empty:
+            parts.append(f"utt/spk_embedding: empty in {self.embeddings_empty} rows")
+        if self.embeddings_zero:
+            parts.append(f"utt_embedding: all zeros in {self.embeddings_zero} rows (cosyext prepare --no-features)")
+        return "; ".join(parts) + f" (of {self.rows} rows)"
 
     def add(self, idx: Any) -> None:
         n = len(idx.utt)
         self.rows += n
         self.shards += 1
         empty = [u for u, k in zip(idx.utt, idx.speech_token_len) if k == 0]
-        self.rows_without_tokens += len(empty)
-        if not idx.token_column:
+        if idx.token_column:
+            self.tokens_empty += len(empty)
+        else:
             self.no_token_column.append(idx.path)
-        if not idx.embedding_columns:
+            self.tokens_absent += n
+            empty = []
+        if idx.embedding_columns:
+            self.embeddings_empty += idx.embedding_missing
+            self.embeddings_zero += idx.embedding_zero
+        else:
             self.no_embedding_columns.append(idx.path)
-        self.rows_without_embedding += idx.embedding_missing
+            self.embeddings_absent += n
         if not idx.instruct_column:
             self.no_instruct_column.append(idx.path)
         self.rows_without_instruct += idx.instruct_missing
-        for key, utts in (("speech_token", empty[:3]), *idx.examples.items()):
+        examples = {"speech_token": empty, "embedding": idx.examples.get("embedding", []) if idx.embedding_columns
+                    else [], "instruct": idx.examples.get("instruct", [])}
+        for key, utts in examples.items():
             have = self.examples.setdefault(key, [])
             have.extend(utts[:3 - len(have)])
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "shards": self.shards, "rows_without_speech_token": self.rows_without_tokens,
-                "shards_without_speech_token": len(self.no_token_column),
-                "rows_without_embedding": self.rows_without_embedding,
-                "shards_without_embedding": len(self.no_embedding_columns),
-                "rows_without_instruct": self.rows_without_instruct,
-                "shards_without_instruct": len(self.no_instruct_column)}
+        return {"rows": self.rows, "shards": self.shards,
+                "speech_token": {"rows_without_column": self.tokens_absent, "rows_empty": self.tokens_empty},
+                "embedding": {"rows_without_columns": self.embeddings_absent, "rows_empty": self.embeddings_empty,
+                              "rows_zero": self.embeddings_zero},
+                "instruct": {"rows_missing": self.rows_without_instruct,
+                             "shards_without_column": len(self.no_instruct_column)}}
 
 
 @dataclass
@@ -114,7 +137,8 @@ class Alignment:
 
     The 2026 upstream pads audio to a multiple of ``num_frames`` instead of trimming features, so a
     row lines up only if its token count x the flow's token_mel_ratio equals its mel frames; the
-    flow crashes on a batch whose longest row does not (sizes of h and feat differ)."""
+    flow crashes on a batch whose longest row does not (sizes of h and feat differ). Batches with a
+    row from a shard without speech_token get online tokens and are not counted."""
 
     num_frames: int
     token_mel_ratio: int
@@ -298,7 +322,9 @@ def build_corpus(data_list: Path, token_path: str, use_cache: bool = True,
         stl += idx.speech_token_len
         any_reject |= idx.reject_len is not None
         rej += idx.reject_len if idx.reject_len is not None else [1] * len(idx.utt)
-    return Corpus(shards, utt, ns, sr, tl, stl, rej if any_reject else None), unreadable
+    no_col = frozenset(g for src, ids in zip(sources, shards) if src in loaded and not loaded[src].token_column
+                       for g in ids)
+    return Corpus(shards, utt, ns, sr, tl, stl, rej if any_reject else None, no_col), unreadable
 
 
 def analyse(doc: Document, opts: Any, keep_batches: bool = False, upstream: Any = None) -> DataAnalysis:
@@ -321,18 +347,19 @@ def analyse(doc: Document, opts: Any, keep_batches: bool = False, upstream: Any 
 def _check_alignment(al: Alignment, corpus: Corpus, res: EpochResult) -> None:
     frames = res.frames  # type: ignore[attr-defined]
     tokens = corpus.speech_token_len
-    for g, f in frames.items():
-        al.rows += 1
-        if f != al.token_mel_ratio * tokens[g]:
-            al.misaligned += 1
-            if len(al.examples) < 3:
-                al.examples.append((corpus.utt[g], tokens[g], f))
     for b in res.batches:
-        if b:
-            al.batches += 1
-            # the flow pads tokens and mels separately: only the longest of each must line up
-            if max(frames[g] for g in b) != al.token_mel_ratio * max(tokens[g] for g in b):
-                al.crashing_batches += 1
+        if not b or any(g in corpus.no_token_column for g in b):
+            continue  # upstream's padding adds speech_token only if every row has it: online tokens for this batch
+        al.batches += 1
+        for g in b:
+            al.rows += 1
+            if frames[g] != al.token_mel_ratio * tokens[g]:
+                al.misaligned += 1
+                if len(al.examples) < 3:
+                    al.examples.append((corpus.utt[g], tokens[g], frames[g]))
+        # the flow pads tokens and mels separately: only the longest of each must line up
+        if max(frames[g] for g in b) != al.token_mel_ratio * max(tokens[g] for g in b):
+            al.crashing_batches += 1
 
 
 def _flow_ratio(doc: Document) -> int | None:
@@ -363,8 +390,8 @@ def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep
     token_path = _token_path(doc, tokenize, getattr(opts, "qwen_pretrain_path", None))
     corpus, a.unreadable_shards = build_corpus(Path(opts.data), token_path, use_cache, shards_read)
     nf, ratio = dict(plan).get("compute_fbank", {}).get("num_frames", -1), _flow_ratio(doc)
-    if isinstance(nf, int) and nf > 0 and ratio and not a.online:
-        a.alignment = Alignment(nf, ratio)
+    if isinstance(nf, int) and nf > 0 and ratio and len(corpus.no_token_column) < len(corpus.utt):
+        a.alignment = Alignment(nf, ratio)  # the data's own tokens are used (with --onnx_path DIR too)
     a.total = len(corpus.utt)
     acc = doc.value("train_conf", "accum_grad", default=1)
     a.accum_grad = acc if isinstance(acc, int) and not isinstance(acc, bool) and acc >= 1 else 1

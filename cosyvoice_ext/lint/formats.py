@@ -98,9 +98,10 @@ def _data_text(path: str, d: dict[str, Any]) -> str:
 def _features_text(f: dict[str, Any] | None) -> str:
     if not f:
         return ""
-    n = f["rows"]
-    return (f"features: speech_token in {n - f['rows_without_speech_token']}/{n} rows, embeddings in "
-            f"{n - f['rows_without_embedding']}/{n}, instruct in {n - f['rows_without_instruct']}/{n}")
+    n, t, e = f["rows"], f["speech_token"], f["embedding"]
+    return (f"features (of {n} rows): speech_token absent {t['rows_without_column']}, empty {t['rows_empty']}; "
+            f"embeddings absent {e['rows_without_columns']}, empty {e['rows_empty']}, zero {e['rows_zero']}; "
+            f"instruct missing {f['instruct']['rows_missing']}")
 
 
 def _json(results: list[FileResult], registry: RuleRegistry, show_stats: bool) -> str:

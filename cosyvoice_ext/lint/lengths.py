@@ -38,6 +38,7 @@ class ShardIndex:
     token_column: bool = True  # False: no speech_token column (speech_token_len all 0)
     embedding_columns: bool = True  # utt_embedding and spk_embedding both exist
     embedding_missing: int = 0  # rows without non-empty utt/spk embeddings (all rows without the columns)
+    embedding_zero: int = 0  # rows whose utt_embedding is all zeros (`cosyext prepare --no-features`)
     instruct_column: bool = False
     instruct_missing: int = 0  # rows whose instruct is null or '' (all rows without the column)
     examples: dict[str, list[str]] = field(default_factory=dict)  # a few utt ids per problem, for messages
@@ -107,6 +108,7 @@ def _read_parquet(path: Path) -> ShardIndex:
 
     emb_cols = "utt_embedding" in names and "spk_embedding" in names
     emb_ok = [a > 0 and b > 0 for a, b in zip(list_lengths("utt_embedding"), list_lengths("spk_embedding"))]
+    zero = _zero_rows(table.column("utt_embedding")) if emb_cols else [False] * len(utt)
     instruct = table.column("instruct").to_pylist() if "instruct" in names else [None] * len(utt)
     no_emb = [u for u, ok in zip(utt, emb_ok) if not ok]  # no columns: every row
     no_instruct = [u for u, i in zip(utt, instruct) if not isinstance(i, str) or not i]
@@ -123,9 +125,27 @@ def _read_parquet(path: Path) -> ShardIndex:
     return ShardIndex(str(path), utt, n_samples, rates, list_lengths("speech_token"),
                       list_lengths("reject_speech_token") if "reject_speech_token" in names else None, text, {},
                       token_column="speech_token" in names, embedding_columns=emb_cols,
-                      embedding_missing=len(no_emb), instruct_column="instruct" in names,
+                      embedding_missing=len(no_emb), embedding_zero=sum(z and ok for z, ok in zip(zero, emb_ok)),
+                      instruct_column="instruct" in names,
                       instruct_missing=len(no_instruct), examples={"embedding": no_emb[:EXAMPLES],
                                                                    "instruct": no_instruct[:EXAMPLES]})
+
+
+def _zero_rows(column) -> list[bool]:
+    """Per row of a list<float> column: are all values 0 (an empty or null list counts as not zero)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out: list[bool] = []
+    for chunk in column.chunks:
+        chunk = chunk.cast(pa.large_list(pa.float64()))
+        values = np.asarray(pc.list_flatten(chunk).to_numpy(zero_copy_only=False), dtype=np.float64)
+        lengths = np.asarray(pc.list_value_length(chunk).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        nonzero = np.concatenate([[0], np.cumsum(values != 0)])  # exact counts, no float round-off
+        ends = np.cumsum(lengths)
+        out += [bool(n > 0 and nonzero[e] == nonzero[e - n]) for n, e in zip(lengths, ends)]
+    return out
 
 
 def load_shard(path: Path, use_cache: bool = True) -> ShardIndex:

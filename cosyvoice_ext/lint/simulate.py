@@ -49,6 +49,8 @@ class Corpus:
     text_len: list[int]
     speech_token_len: list[int]
     reject_len: list[int] | None
+    #: rows of shards without a speech_token column (online extraction computes their tokens)
+    no_token_column: frozenset[int] = frozenset()
 
 
 @dataclass
