@@ -470,8 +470,11 @@ def test_cx506_with_data_without_features(registry, tmp_path, tok):
     text = CV3.format(qwen=tok, nf=960)
     bare = _data(tmp_path, lambda r: {k: v for k, v in r.items() if k not in ("speech_token", "utt_embedding")},
                  keep_schema=False)
-    res = _codes(_run(registry, tmp_path, text, bare, model="flow"), "CX506")
+    whole = _run(registry, tmp_path, text, bare, model="flow")
+    res = _codes(whole, "CX506")
     assert [f.severity for f in res] == ["warning"] and "online extraction is required" in res[0].message
+    # ...and the replay shows what that run does (online keeps the rows), not an "everything dropped" error
+    assert whole.data["online_features"] is True and whole.data["kept"] == 12 and not _codes(whole, "CX601")
     assert "(speech_token: no column in 2 of 2 shard(s) (12 rows); utt/spk_embedding: no columns in 2 of 2 shard(s) " \
            "(12 rows) (of 12 rows))" in res[0].message
     res = _codes(_run(registry, tmp_path, text, bare, model="flow", onnx_path=""), "CX506")

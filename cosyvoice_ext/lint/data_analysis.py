@@ -338,7 +338,7 @@ def analyse(doc: Document, opts: Any, keep_batches: bool = False, upstream: Any 
     if upstream is None:
         upstream = infer_upstream(doc, config_family(doc))
     try:
-        _analyse(doc, opts, a, keep_batches, upstream.keeps_half)
+        _analyse(doc, opts, a, keep_batches, upstream.keeps_half, bool(upstream.onnx_flag))
     except (Unsupported, LengthError, RefError, OSError, ValueError, KeyError, TypeError, ImportError) as exc:
         a.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (Unsupported, LengthError)) else str(exc)
     return a
@@ -370,11 +370,15 @@ def _flow_ratio(doc: Document) -> int | None:
     return None
 
 
-def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep_half: bool = False) -> None:
+def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep_half: bool = False,
+             can_go_online: bool = False) -> None:
     use_cache = getattr(opts, "use_cache", True)
     shards_read = read_shards(Path(opts.data), use_cache)
     a.features = features_of(shards_read[1])  # feature checks work even if the replay below cannot run
-    a.online = bool(getattr(opts, "onnx_path", None))
+    given = getattr(opts, "onnx_path", None)
+    # --onnx_path DIR, or (not said) data without a speech_token column on an upstream that can extract online:
+    # then online is the only way it trains (CX506 says so), and that is what the replay shows
+    a.online = bool(given) or (given is None and can_go_online and a.features.tokens_absent > 0)
     key = "data_pipeline_gan" if opts.model == "hifigan" else "data_pipeline"
     st = stages(doc, key)
     if not st:
