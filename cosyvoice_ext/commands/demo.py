@@ -1,9 +1,10 @@
 """`cosyext demo`: the whole workflow on an embedded tiny default, on CPU, in a few minutes.
 
-vendor upstream (offline from PyPI unless told otherwise) -> apply the patch series -> generate
-tiny recordings (wav + txt) and a tiny Qwen2 -> `cosyext prepare` (stand-in ONNX feature models)
--> `cosyext lint` with the data -> train LLM and flow LoRA with the stock train.py under torchrun
--> `cosyext plot` -> `cosyext export --serve` -> a summary table.
+vendor upstream (the newest supported commit, offline from the upstream mirror when there is one)
+-> apply its patch series -> generate tiny recordings (wav + txt) and a tiny Qwen2 -> `cosyext
+prepare` (stand-in ONNX feature models) -> `cosyext lint` with the data -> train LLM and flow LoRA
+with the stock train.py under torchrun -> `cosyext plot` -> `cosyext export --serve` -> a summary.
+CosyVoice3 by default; `--family cosyvoice2` for CosyVoice2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +23,9 @@ cosyext:
   flow: {r: 8, alpha: 16, dropout: 0.0}
   early_stop: {patience: 3, min_delta: 0.0}
 """
+#: what the demo makes in its work dir; a rerun replaces these and nothing else
+MADE = ("recordings", "pretrained", "data", "exp", "serve", "ext.yaml", "loss.png", "train_llm.log", "train_flow.log")
+MARKER = ".cosyext-demo"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default=None, help="where upstream comes from (see 'cosyext vendor --help'; default: "
                    "$COSYEXT_UPSTREAM_MIRROR, else the checkout's ../shared/upstream, else GitHub)")
     p.add_argument("--rev", default=None, help="supported upstream commit (default: the newest)")
+    p.add_argument("--family", default="cosyvoice3", choices=["cosyvoice3", "cosyvoice2"],
+                   help="model family to fine-tune (default: cosyvoice3)")
     p.add_argument("--models", default="llm,flow", help="comma-separated: llm, flow")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--utterances", type=int, default=40, help="tiny recordings to generate")
@@ -66,75 +71,110 @@ def _train(cmd: list[str], env: dict, log_path: Path) -> tuple[int, list[float],
     return proc.returncode, losses, max(per_epoch.values()) if per_epoch else 0
 
 
+def _claim_workdir(work: Path) -> None:
+    """Use `work` only if it is new, empty, or an earlier demo's; then clear what an earlier demo made.
+
+    A directory the demo did not create is never cleared (it may hold the user's own data).
+    """
+    from ..errors import UsageError
+
+    if work.exists() and any(work.iterdir()) and not (work / MARKER).is_file():
+        raise UsageError(f"{work} exists, is not empty and was not made by 'cosyext demo'; nothing was changed",
+                         hint="pass a new directory: cosyext demo --workdir NEW_DIR")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("made by cosyext demo; a rerun replaces: " + ", ".join(MADE) + "\n")
+    for name in MADE:
+        p = work / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def run(args: argparse.Namespace) -> int:
     import warnings
 
-    from ..upstream import lockfile, mirror, patching, sources
+    from .. import family as families
     from ..errors import EnvironmentProblem, UsageError
     from ..prepare.pipeline import PrepareOptions, prepare
     from ..prepare.standin import make_pretrained_standin
     from ..tiny.config import make_base_checkpoint, write_tiny_config
     from ..tiny.data import write_recordings
     from ..tiny.qwen import make_tiny_qwen
+    from ..tiny.api import train_py_has_onnx_path
     from ..tiny.workspace import Workspace, train_command, train_env, upstream_on_path
+    from ..upstream import lockfile, mirror, patching, sources
+    from ..upstream.tree import recognise
 
     warnings.filterwarnings("ignore")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - {"llm", "flow"}:
         raise UsageError(f"--models takes llm and/or flow, got {args.models!r}", hint="cosyext demo --models llm,flow")
+    fam = families.get(args.family)
     work = args.workdir.expanduser().resolve()
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     lock = lockfile.load()
+    commit = lock.resolve(args.rev)
+    if fam.name not in commit.families:
+        raise UsageError(f"upstream {commit.label} has no {fam.name} (it trains {', '.join(commit.families)})",
+                         hint=f"cosyext demo --rev {lock.newest.name} --family {fam.name}")
+    _claim_workdir(work)
     upstream = work / "CosyVoice"
-    if upstream.exists():
-        _step(f"upstream already at {upstream}")
+    found = recognise(upstream, lock).commit if upstream.is_dir() else None
+    if found is not None and found.commit == commit.commit:
+        _step(f"upstream {commit.label} already at {upstream}")
     else:
+        if upstream.exists():
+            shutil.rmtree(upstream)  # an earlier demo's tree at another commit (the marker says the dir is ours)
         source = args.source or mirror.default_source()
-        _step(f"cosyext vendor {upstream} --source {source}")
-        print(sources.vendor(upstream, source, lock, rev=args.rev))
+        _step(f"cosyext vendor {upstream} --rev {commit.name} --source {source}")
+        print(sources.vendor(upstream, source, lock, rev=commit.commit))
     _step(f"cosyext apply-patches --upstream {upstream}")
     print(patching.apply_series(upstream, lock).message)
 
-    _step(f"generate {args.utterances} tiny recordings (wav + txt), a tiny Qwen2 and stand-in feature models")
-    for stale in ("recordings", "data", "exp", "serve"):
-        shutil.rmtree(work / stale, ignore_errors=True)
+    _step(f"generate {args.utterances} tiny recordings (wav + txt), a tiny Qwen2 and stand-in {fam.name} files")
     recordings = write_recordings(work / "recordings", args.utterances, seed=0)
-    pretrained = make_pretrained_standin(work / "pretrained")
-    qwen = make_tiny_qwen(pretrained / "CosyVoice-BlankEN")
-    print(f"recordings in {recordings}; pretrained stand-in in {pretrained}")
+    pretrained = work / "pretrained"
+    qwen = make_tiny_qwen(pretrained / "CosyVoice-BlankEN", family=fam)
+    config = write_tiny_config(work / "ext.yaml", qwen, family=fam, upstream=upstream, max_epoch=args.epochs, lr=0.01,
+                               max_frames_in_batch=600, extra=LORA_SECTION)
+    make_pretrained_standin(pretrained, family=fam, config_text=config.read_text(encoding="utf-8"))
+    print(f"recordings in {recordings}; pretrained stand-in ({fam.config_name}) in {pretrained}")
 
     _step(f"cosyext prepare {recordings} {work / 'data'} --pretrained {pretrained}")
     prep = prepare(PrepareOptions(src=recordings, dest=work / "data", pretrained=pretrained, cv_ratio=0.2,
                                   seed=0, progress=False))
-    print(f"train {prep.utts.get('train', 0)} / cv {prep.utts.get('cv', 0)} utterances, {len(prep.skipped)} skipped")
+    print(f"{prep.family} data: train {prep.utts.get('train', 0)} / cv {prep.utts.get('cv', 0)} utterances, "
+          f"{len(prep.skipped)} skipped")
 
-    config = write_tiny_config(work / "ext.yaml", qwen, max_epoch=args.epochs, lr=0.01, max_frames_in_batch=600,
-                               extra=LORA_SECTION)
-    _step(f"cosyext lint {config} --data {prep.train_list}")
+    # the precomputed features prepare wrote: at trees whose train.py has --onnx_path, that is ''
+    onnx = ["--onnx-path", ""] if train_py_has_onnx_path(upstream) else []
+    _step(f"cosyext lint {config} --data {prep.train_list} --upstream {upstream}" + (" --onnx-path ''" if onnx else ""))
     for model in models:
-        _cli("lint", str(config), "--data", str(prep.train_list), "--model", model, "--exit-zero")
+        _cli("lint", str(config), "--data", str(prep.train_list), "--model", model, "--upstream", str(upstream),
+             *onnx, "--exit-zero")
 
     with upstream_on_path(upstream):
         base = {m: make_base_checkpoint(config, m, pretrained / f"{m}.pt") for m in ("llm", "flow")}
-    shutil.copy(config, pretrained / "cosyvoice2.yaml")
     import torch
 
     torch.save({}, pretrained / "hift.pt")  # the vocoder is not trained here; a placeholder keeps the dir complete
     ws = Workspace(root=work, qwen_dir=qwen, config=config, train_list=prep.train_list, cv_list=prep.cv_list,
-                   llm_ckpt=base["llm"], flow_ckpt=base["flow"])
+                   llm_ckpt=base["llm"], flow_ckpt=base["flow"], family=fam.name)
 
     rows = []
     for model in models:
         model_dir = work / "exp" / model
-        _step(f"torchrun --nproc_per_node=1 {upstream}/cosyvoice/bin/train.py --config {config.name} --model {model} "
-              "... (LoRA from the cosyext: section)")
+        cmd = train_command(ws, upstream, model, model_dir, checkpoint=base[model])
+        onnx = f" --onnx_path {cmd[cmd.index('--onnx_path') + 1]!r}" if "--onnx_path" in cmd else ""
+        _step(f"torchrun --nproc_per_node=1 {upstream}/cosyvoice/bin/train.py --config {config.name} --model {model}"
+              f"{onnx} ... (LoRA from the cosyext: section)")
         start = time.monotonic()
-        code, losses, batches = _train(train_command(ws, upstream, model, model_dir, checkpoint=base[model]),
-                                       train_env(upstream), work / f"train_{model}.log")
+        log_path = work / f"train_{model}.log"
+        code, losses, batches = _train(cmd, train_env(upstream), log_path)
         if code != 0:
-            raise EnvironmentProblem(f"training {model} failed (exit {code}); log: {work / f'train_{model}.log'}",
-                                     hint=f"tail -50 {work / f'train_{model}.log'}")
+            raise EnvironmentProblem(f"training {model} failed (exit {code}); log: {log_path}",
+                                     hint=f"tail -50 {log_path}")
         ckpts = sorted(model_dir.glob("epoch_*_whole.pt"), key=lambda p: int(p.name.split("_")[1]))
         rows.append({"model": model, "batches": batches, "steps": len(losses), "first": losses[0] if losses else None,
                      "last": losses[-1] if losses else None, "adapter": ckpts[-1].stat().st_size,
@@ -154,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
         if rc != 0:
             raise EnvironmentProblem(f"export of {model} failed", hint="rerun with cosyext -v demo for details")
 
-    print(f"\n{'model':6} {'samples':>7} {'batches/ep':>10} {'steps':>5} {'first loss':>10} {'last loss':>10} "
+    print(f"\n{fam.name} at upstream {commit.label}")
+    print(f"{'model':6} {'samples':>7} {'batches/ep':>10} {'steps':>5} {'first loss':>10} {'last loss':>10} "
           f"{'adapter':>10} {'base ckpt':>10} {'train s':>7}")
     for r in rows:
         print(f"{r['model']:6} {prep.utts.get('train', 0):>7} {r['batches']:>10} {r['steps']:>5} "
@@ -162,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
               f"{r['adapter'] / 1024:>8.0f}KB {r['base'] / 1024:>8.0f}KB {r['seconds']:>7.1f}")
     exported = sorted(p.name for p in serve_dir.iterdir() if not p.is_symlink())
     print(f"\nexported (merged, stock-loadable): {serve_dir}: {', '.join(exported)} (+ pretrained files linked)")
+    print(f"serve it with upstream: {fam.inference_class}('{serve_dir}')")
     print(f"loss plot: {plot}")
     print(f"total {time.monotonic() - t0:.0f} s; everything is under {work}")
     return 0
