@@ -124,7 +124,7 @@ def test_lora_two_epochs_export_and_the_adapter_learned(ws, upstream_tree, runs,
     base = ws.llm_ckpt if name == "llm" else ws.flow_ckpt
     exp, log = runs(name)
     assert re.search(r"cosyext lora: base checkpoint .*: (\d+)/\1 model keys loaded \(100\.0%\)", log)
-    assert re.search(r"LoRA r=8 on \d+ modules; trainable [\d,]+ / total [\d,]+ parameters", log)
+    assert re.search(r"LoRA r=8 on \d+ modules \(target_modules [^)]+\); trainable [\d,]+ / total [\d,]+ parameters", log)
     assert {int(m.group(1)) for m in LOSS_LINE.finditer(log)} == {0, 1}
 
     first, last = (checkpoints.load(exp / f) for f in ("init.pt", "epoch_1_whole.pt"))
@@ -205,7 +205,7 @@ def test_deepspeed_engine_trains_lora_and_export_reads_its_run(ws, upstream_tree
     res = train(ws, upstream_tree, "llm", exp, checkpoint=ws.llm_ckpt,
                 extra_args=["--train_engine", "deepspeed", "--deepspeed_config", str(ds_config)])
     assert res.returncode == 0, res.log[-4000:]
-    assert re.search(r"LoRA r=8 on \d+ modules; trainable", res.log)
+    assert re.search(r"LoRA r=8 on \d+ modules \(target_modules [^)]+\); trainable", res.log)
     states = checkpoints.load(exp / "epoch_1_whole" / export_mod.DEEPSPEED_STATES)
     assert any(".lora_B." in k for k in states["module"])
 

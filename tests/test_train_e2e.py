@@ -104,19 +104,47 @@ def test_unpatched_upstream_fails_the_same_command(ws, pristine_tree, tmp_path):
     assert not LOSS_LINE.search(res.log)
 
 
-def test_patched_upstream_trains_without_cosyvoice_ext(ws, upstream_tree, tmp_path):
-    """The hook points are a no-op when cosyvoice_ext cannot be imported."""
-    shadow = tmp_path / "shadow" / "cosyvoice_ext"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('cosyvoice_ext hidden by the test')\n")
+def _shadow(tmp_path, upstream: Path, body: str) -> str:
+    """PYTHONPATH that puts a fake `cosyvoice_ext` package (its __init__ is `body`) ahead of the real one."""
     from cosyvoice_ext.tiny.workspace import train_env
 
-    pythonpath = f"{shadow.parent}{os.pathsep}{train_env(upstream_tree)['PYTHONPATH']}"
+    shadow = tmp_path / "shadow" / "cosyvoice_ext"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(body)
+    return f"{shadow.parent}{os.pathsep}{train_env(upstream)['PYTHONPATH']}"
+
+
+NOT_INSTALLED = "raise ModuleNotFoundError(\"No module named 'cosyvoice_ext'\", name='cosyvoice_ext')\n"
+
+
+def test_patched_upstream_trains_without_cosyvoice_ext(ws, upstream_tree, tmp_path):
+    """The hook points are a no-op when cosyvoice_ext is not installed at all."""
+    pythonpath = _shadow(tmp_path, upstream_tree, NOT_INSTALLED)
     res = train(ws, upstream_tree, "llm", tmp_path / "exp", checkpoint=ws.llm_ckpt,
                 env_extra={"PYTHONPATH": pythonpath})
     assert res.returncode == 0, res.log[-4000:]
     assert LOSS_LINE.search(res.log)
     assert (tmp_path / "exp/epoch_1_whole.pt").stat().st_size > 0
+
+
+def test_a_broken_cosyvoice_ext_stops_training_instead_of_a_silent_full_fine_tune(ws, upstream_tree, tmp_path):
+    pythonpath = _shadow(tmp_path, upstream_tree, "import pluggy_that_is_not_installed\n")  # a dependency is missing
+    res = train(ws, upstream_tree, "llm", tmp_path / "exp", checkpoint=ws.llm_ckpt,
+                env_extra={"PYTHONPATH": pythonpath})
+    assert res.returncode != 0
+    assert "cosyvoice-ext is installed but cannot be imported" in res.log and "pluggy_that_is_not_installed" in res.log
+    assert not LOSS_LINE.search(res.log) and not list((tmp_path / "exp").glob("*.pt"))
+
+
+def test_a_cosyext_section_without_cosyvoice_ext_refuses_to_train(ws, upstream_tree, tmp_path):
+    from cosyvoice_ext.tiny.config import write_tiny_config
+    config = write_tiny_config(tmp_path / "lora.yaml", ws.qwen_dir, extra="cosyext:\n  llm: {r: 4}\n")
+    pythonpath = _shadow(tmp_path, upstream_tree, NOT_INSTALLED)
+    res = train(dataclasses.replace(ws, config=config), upstream_tree, "llm", tmp_path / "exp",
+                checkpoint=ws.llm_ckpt, env_extra={"PYTHONPATH": pythonpath})
+    assert res.returncode != 0
+    assert "the config has a cosyext: section, but cosyvoice-ext is not installed" in res.log
+    assert not LOSS_LINE.search(res.log)
 
 
 DS_CONFIG = """{
