@@ -18,6 +18,17 @@ from cosyvoice_ext.upstream import lockfile, mirror, patching, sources
 PIN = "44316c34"  # CosyVoice2 only, the commit a PyPI wheel carries
 MAIN = "ace7c47"  # CosyVoice2 + CosyVoice3
 
+#: fixtures that bring real upstream code or downloads: a test using any of them (directly or through
+#: another fixture) is marked `upstream` automatically, so `-m "not slow and not upstream"` is the unit tier
+UPSTREAM_FIXTURES = frozenset({"upstream_at", "upstream_source", "pypi_wheel", "pristine_tree", "upstream_tree",
+                               "pristine_copy"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if UPSTREAM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.upstream)
+
 
 @pytest.fixture(scope="session")
 def lock() -> lockfile.Lock:

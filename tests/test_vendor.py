@@ -87,6 +87,7 @@ def test_vendor_from_wheel_file(pypi_wheel, lock, tmp_path, capsys):
     assert recognise(dest, lock).commit is old  # a plain tree, recognised by content
 
 
+@pytest.mark.upstream  # downloads the wheel from PyPI
 def test_vendor_from_pypi_by_name(tmp_path, lock):
     res = run_cosyext("vendor", str(tmp_path / "up"), "--source", "pypi", "--rev", PIN)
     assert res.returncode == 0, res.stderr
