@@ -66,3 +66,19 @@ def default_source() -> str:
     if find_repo(shared, COSYVOICE) is not None:
         return str(shared)
     return GITHUB
+
+
+def git_repos(source: str) -> tuple[str, str | None] | None:
+    """(CosyVoice repository to clone, Matcha-TTS repository or None) for a git bundle, a git
+    repository or a mirror folder given as --source; None when `source` is none of those.
+
+    A Matcha-TTS bundle or repository is found inside a mirror folder or beside a CosyVoice one.
+    """
+    path = Path(source).expanduser()
+    if is_mirror_folder(path):
+        repo, matcha = find_repo(path, COSYVOICE), find_repo(path, MATCHA)
+    elif (path.is_file() and is_bundle(path)) or is_git_repo(path):
+        repo, matcha = path, sibling_matcha(path.resolve())
+    else:
+        return None
+    return str(repo.resolve()), str(matcha.resolve()) if matcha else None

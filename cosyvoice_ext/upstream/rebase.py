@@ -105,17 +105,13 @@ def _git_bytes(repo: Path, *args: str) -> bytes:
     return proc.stdout
 
 
-def _source_repo(source: str) -> tuple[str, str | None]:
+def _source_repo(source: str, lock: Lock) -> tuple[str, str | None]:
     """(CosyVoice repository to clone, Matcha-TTS repository or None) for a --source value."""
     if source == mirror.GITHUB:
-        return source, None
-    path = Path(source).expanduser()
-    if mirror.is_mirror_folder(path):
-        matcha = mirror.find_repo(path, mirror.MATCHA)
-        return str(mirror.find_repo(path, mirror.COSYVOICE).resolve()), str(matcha.resolve()) if matcha else None
-    if (path.is_file() and mirror.is_bundle(path)) or mirror.is_git_repo(path):
-        matcha = mirror.sibling_matcha(path.resolve())
-        return str(path.resolve()), str(matcha.resolve()) if matcha else None
+        return lock.upstream_url, lock.submodule_urls.get(pin.MATCHA_PATH)
+    repos = mirror.git_repos(source)
+    if repos is not None:
+        return repos
     if "://" in source or source.startswith("git@"):
         return source, None
     raise UsageError(f"--source {source!r} is not a git bundle, a git repository, a mirror folder or a git URL",
@@ -160,7 +156,7 @@ def start(lock: Lock, lock_path: Path, patches_root: Path, workdir: Path, *, ont
         raise UsageError(f"work dir {workdir} exists and is not empty; nothing was changed",
                          hint="pass another --workdir, or remove it if it is a leftover of yours")
     old = lock.resolve(from_rev)
-    url, sibling_matcha = _source_repo(source)
+    url, sibling_matcha = _source_repo(source, lock)
     workdir.mkdir(parents=True, exist_ok=True)
     repo = workdir / "repo"
     try:

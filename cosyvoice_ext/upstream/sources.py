@@ -190,14 +190,11 @@ def _fill(staging: Path, source: str, lock: Lock, commit: Commit, matcha: str | 
     if path.is_file() and path.suffix == ".whl":
         assemble_from_wheel(path, commit, staging)
         return f"wheel {path}"
-    if mirror.is_mirror_folder(path):
-        repo = mirror.find_repo(path, mirror.COSYVOICE)
-        sub = matcha or _str(mirror.find_repo(path, mirror.MATCHA))
-        clone_git(str(repo.resolve()), commit, staging, subs, sub)
-        return f"mirror folder {path}"
-    if (path.is_file() and mirror.is_bundle(path)) or mirror.is_git_repo(path):
-        clone_git(str(path.resolve()), commit, staging, subs, matcha or _str(mirror.sibling_matcha(path.resolve())))
-        return f"git bundle {path}" if path.is_file() else f"git mirror {path}"
+    repos = mirror.git_repos(source)
+    if repos is not None:
+        clone_git(repos[0], commit, staging, subs, matcha or repos[1])
+        kind = "mirror folder" if mirror.is_mirror_folder(path) else "git bundle" if path.is_file() else "git mirror"
+        return f"{kind} {path}"
     if path.is_dir():
         copy_tree(path, commit, staging)
         return f"directory {path}"
@@ -207,7 +204,3 @@ def _fill(staging: Path, source: str, lock: Lock, commit: Commit, matcha: str | 
     raise UsageError(f"unknown source {source!r}: not 'github', 'pypi', a .whl file, a git bundle, a mirror folder, "
                      "a directory or a git URL",
                      hint=f"cosyext vendor DEST --source PATH/CosyVoice.bundle (or set ${mirror.MIRROR_ENV})")
-
-
-def _str(p: Path | None) -> str | None:
-    return str(p.resolve()) if p is not None else None
