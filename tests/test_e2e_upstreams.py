@@ -1,10 +1,11 @@
-"""End to end at upstream ace7c47 (2026): the stock train.py under real torchrun on CPU, LoRA for the
-LLM and the flow of CosyVoice2 and CosyVoice3, 1 and 2 ranks, exact resume, export with a strict
-load, and both ways train.py gets its features (precomputed in the data, or online from ONNX models).
+"""End to end on every supported setup: CosyVoice2 at 44316c34 (2025), CosyVoice2 and CosyVoice3 at
+ace7c47 (2026). The stock train.py under real torchrun on CPU, LoRA for the LLM and the flow, 1 and 2
+ranks, exact resume, export with a strict load, and at ace7c47 both ways train.py gets its features
+(precomputed in the data, or online from ONNX models).
 
-The 2025 pin (CosyVoice2 at 44316c34) is covered the same way by test_lora_e2e.py. Every upstream
-import happens in a child process (torchrun, `cosyext export`, tests/upstream_probe.py), so the
-commits never meet in one interpreter.
+Every upstream import happens in a child process (torchrun, `cosyext export`, tests/upstream_probe.py),
+so the commits never meet in one interpreter. test_lora_e2e.py adds the 2025 pin's specials
+(DeepSpeed, multi-node rendezvous, export --serve, checkpoint averaging).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from cosyvoice_ext import checkpoints
-from tests.conftest import MAIN
+from tests.conftest import MAIN, PIN
 from tests.helpers import run_cosyext
 
 pytestmark = [pytest.mark.slow, pytest.mark.upstream]
@@ -33,7 +34,8 @@ cosyext:
 """
 LOSS_LINE = re.compile(r" INFO TRAIN Batch (\d+)/(\d+) loss (\d+\.\d+)")
 PROBE = Path(__file__).with_name("upstream_probe.py")
-FAMILIES = ["cosyvoice2", "cosyvoice3"]
+SETUPS = {"cosyvoice2@2025": (PIN, "cosyvoice2"), "cosyvoice2@2026": (MAIN, "cosyvoice2"),
+          "cosyvoice3@2026": (MAIN, "cosyvoice3")}
 
 # A throwaway third-party plugin loaded at interpreter start in every rank: it keeps the model
 # prepare_model saw and dumps each rank's LoRA tensors after each epoch's checkpoint.
@@ -62,27 +64,29 @@ get_manager().register(Spy(), name="spy")
 
 @dataclass
 class Setup:
+    name: str
     family: str
     tree: Path
     ws: object
     runs: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=list(SETUPS))
 def setup(request, upstream_at, tmp_path_factory) -> Setup:
     from cosyvoice_ext.tiny.workspace import make_workspace
 
-    tree = upstream_at(MAIN)
+    rev, family = SETUPS[request.param]
+    tree = upstream_at(rev)
     # two train shards: upstream partitions data by shard, so 2 ranks need at least 2
-    ws = make_workspace(tmp_path_factory.mktemp(f"ws-{request.param}"), n_train=12, n_cv=4, upstream=tree,
-                        family=request.param, extra=LORA, lr=0.01, max_frames_in_batch=400, shards=2)
-    return Setup(request.param, tree, ws)
+    ws = make_workspace(tmp_path_factory.mktemp(f"ws-{family}-{rev}"), n_train=12, n_cv=4, upstream=tree,
+                        family=family, extra=LORA, lr=0.01, max_frames_in_batch=400, shards=2)
+    return Setup(request.param, family, tree, ws)
 
 
-def train(s: Setup, model: str, model_dir: Path, *, ws=None, pythonpath_first: Path | None = None, **kw):
+def train(s: Setup, model: str, model_dir: Path, *, pythonpath_first: Path | None = None, **kw):
     from cosyvoice_ext.tiny.workspace import train_command, train_env
 
-    ws = ws or s.ws
+    ws = s.ws
     env = train_env(s.tree)
     if pythonpath_first is not None:
         env["PYTHONPATH"] = f"{pythonpath_first}:{env['PYTHONPATH']}"
@@ -99,7 +103,7 @@ def base_of(s: Setup, model: str) -> Path:
 def first_run(s: Setup, model: str, tmp_path_factory) -> tuple[Path, str]:
     """Two epochs of LoRA from the base checkpoint, once per (family, model), shared by the tests."""
     if model not in s.runs:
-        exp = tmp_path_factory.mktemp(f"run-{s.family}-{model}") / "exp"
+        exp = tmp_path_factory.mktemp(f"run-{s.name}-{model}") / "exp"
         res = train(s, model, exp, checkpoint=base_of(s, model))
         assert res.returncode == 0, res.log[-4000:]
         s.runs[model] = (exp, res.log)
@@ -139,7 +143,7 @@ def test_lora_trains_and_exports_a_stock_checkpoint_that_loads_strictly(setup, m
     before = probe(s, "cv-loss", str(s.ws.config), model, str(base_of(s, model)), str(s.ws.qwen_dir),
                    str(s.ws.cv_list))["loss"]
     after = probe(s, "cv-loss", str(s.ws.config), model, str(out), str(s.ws.qwen_dir), str(s.ws.cv_list))["loss"]
-    print(f"\n{s.family} {model}: CV loss base {before:.4f} -> exported LoRA {after:.4f}")
+    print(f"\n{s.name} {model}: CV loss base {before:.4f} -> exported LoRA {after:.4f}")
     assert after < before
 
 
@@ -175,18 +179,18 @@ def test_two_ranks_hold_identical_lora_weights(setup, model, tmp_path):
         assert all(torch.equal(r0[k], r1[k]) for k in r0), f"ranks differ after epoch {epoch}"
 
 
-@pytest.mark.parametrize("model", ["llm", "flow"])
-def test_online_feature_extraction_trains_too(setup, model, tmp_path_factory):
-    """`--onnx_path DIR`: tokens and speaker embeddings computed by the ONNX models while training, from
-    data that carries neither (the precomputed way is every other test here: `--onnx_path ''`)."""
+@pytest.mark.parametrize("family, model", [("cosyvoice2", "flow"), ("cosyvoice3", "llm"), ("cosyvoice3", "flow")])
+def test_online_feature_extraction_trains_too(upstream_at, family, model, tmp_path):
+    """`--onnx_path DIR` at ace7c47: tokens and speaker embeddings computed by the ONNX models while
+    training, from data that carries neither (every other run here is `--onnx_path ''`: precomputed)."""
     from cosyvoice_ext.tiny.workspace import make_workspace
 
-    s = setup
-    ws = make_workspace(tmp_path_factory.mktemp(f"online-{s.family}-{model}"), n_train=8, n_cv=2, upstream=s.tree,
-                        family=s.family, extra=LORA, lr=0.01, max_frames_in_batch=400, max_epoch=1,
-                        online_features=True)
+    tree = upstream_at(MAIN)
+    ws = make_workspace(tmp_path / "ws", n_train=8, n_cv=2, upstream=tree, family=family, extra=LORA, lr=0.01,
+                        max_frames_in_batch=400, max_epoch=1, online_features=True)
     assert ws.onnx_dir is not None
-    res = train(s, model, ws.root / "exp", ws=ws, checkpoint=ws.llm_ckpt if model == "llm" else ws.flow_ckpt)
+    s = Setup(f"{family}@2026-online", family, tree, ws)
+    res = train(s, model, ws.root / "exp", checkpoint=ws.llm_ckpt if model == "llm" else ws.flow_ckpt)
     assert res.returncode == 0, res.log[-4000:]
     # the data holds no speech tokens: upstream's filter drops every such sample unless they are extracted online
     assert LOSS_LINE.search(res.log)
