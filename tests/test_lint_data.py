@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cosyvoice_ext import cli, plugins
-from cosyvoice_ext.hooks import lint_rules
+from cosyvoice_ext.lint import plugin as lint_rules
 from cosyvoice_ext.lint import lengths
 from cosyvoice_ext.lint.data_analysis import analyse
 from cosyvoice_ext.lint.document import Document

@@ -12,7 +12,7 @@ import pytest
 from cosyvoice_ext import cli, plugins
 from cosyvoice_ext.errors import PluginError
 from cosyvoice_ext.hookspecs import hookimpl
-from cosyvoice_ext.hooks import lint_rules
+from cosyvoice_ext.lint import plugin as lint_rules
 from cosyvoice_ext.lint import Issue, Rule
 from cosyvoice_ext.lint.engine import Options, is_selected, lint_text
 from cosyvoice_ext.lint.registry import collect

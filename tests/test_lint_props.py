@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cosyvoice_ext import cli, plugins
-from cosyvoice_ext.hooks import lint_rules
+from cosyvoice_ext.lint import plugin as lint_rules
 from cosyvoice_ext.lint.engine import Options, lint_text
 from cosyvoice_ext.lint.registry import collect
 

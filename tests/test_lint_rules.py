@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cosyvoice_ext.hooks import lint_rules
+from cosyvoice_ext.lint import plugin as lint_rules
 from cosyvoice_ext.lint.engine import Options, lint_document, read_config
 from cosyvoice_ext.lint.registry import RuleRegistry
 from cosyvoice_ext.plugins import new_manager

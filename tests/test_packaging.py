@@ -43,5 +43,6 @@ def test_wheel_declares_plugins_and_console_script(wheel):
     meta = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
     text = wheel.read(meta).decode()
     assert "cosyext = cosyvoice_ext.cli:main" in text
-    for plugin in ("lora", "early_stop", "lint_rules", "memory"):
-        assert f"{plugin} = cosyvoice_ext.hooks." in text
+    for plugin, module in (("lora", "cosyvoice_ext.hooks.lora"), ("early_stop", "cosyvoice_ext.hooks.early_stop"),
+                           ("lint_rules", "cosyvoice_ext.lint.plugin"), ("memory", "cosyvoice_ext.hooks.memory")):
+        assert f"{plugin} = {module}" in text

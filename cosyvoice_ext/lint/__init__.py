@@ -10,6 +10,6 @@ Rule authors need only :class:`Rule`, :class:`Issue` and :class:`LintContext` fr
 
 from __future__ import annotations
 
-from .rules import Issue, LintContext, Rule
+from .rule import Issue, LintContext, Rule
 
 __all__ = ["Issue", "LintContext", "Rule"]

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from ..errors import UsageError
 from .document import Document, position
 from .registry import RuleRegistry
-from .rules import Issue, LintContext, Rule
+from .rule import Issue, LintContext, Rule
 
 INTERNAL = "CX000"
 

@@ -12,7 +12,7 @@ from typing import Any
 import pluggy
 
 from ..errors import PluginError
-from .rules import SEVERITIES, Rule
+from .rule import SEVERITIES, Rule
 
 CODE = re.compile(r"^[A-Z]{2,5}[0-9]{3}$")
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")

@@ -18,7 +18,7 @@ from cosyvoice_ext.lint.pipeline import find, stages
 from cosyvoice_ext.lint.target import NEW_ONLY, OLD_ONLY_KWARGS, fbank_stage, trained_families
 from cosyvoice_ext.lint.yamlpos import YMap, YScalar, walk
 
-from .lint_model import _feat, _rate_pair, _val
+from .model import _feat, _rate_pair, _val
 
 #: upstream's streaming inference decodes this many tokens per chunk (cli/model.py, both commits:
 #: "token_hop_len = 25  # NOTE must matching training static_chunk_size")
