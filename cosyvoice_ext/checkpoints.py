@@ -11,7 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import pickletools
+import re
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,22 +46,22 @@ def load(path: str | os.PathLike, *, mmap: bool = False) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError as exc:
-            if mmap and "mmap" in str(exc):  # legacy (non-zip) files cannot be mapped
+            if mmap and "mmap" in str(exc) and not _is_zip(path):  # legacy (non-zip) files cannot be mapped
                 state = torch.load(path, map_location="cpu", weights_only=True)
             else:
                 raise
     except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if "global" not in reason.lower():
-            raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch checkpoint ({reason})") from exc
+        wanted = refused_global(exc)
+        if wanted is None or _legacy_truncated(path):  # a cut-off legacy file can end in half a global's name
+            raise _unreadable(path, exc) from exc
         raise CheckpointError(
             f"refusing to load {path}: it carries a pickle payload beyond plain tensors/numbers/strings "
-            f"(loading it would run code from the file): {reason}",
+            f"that calls the global {wanted} (loading it would run code from the file)",
             hint="re-save it as a plain state dict (torch.save(model.state_dict(), path)) where it came from, "
             "if you trust its source",
         ) from exc
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from exc
+        raise _unreadable(path, exc) from exc
     if not isinstance(state, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(state).__name__}, not a state dict",
@@ -126,18 +130,88 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _unpickler_reason(exc: BaseException) -> str:
-    """torch's useful line ("Unsupported global: GLOBAL os.system ...") out of its long message."""
-    for line in str(exc).splitlines():
-        if "WeightsUnpickler error:" in line:
-            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
-            if rest:
-                return rest.split(". Please use")[0]
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    idx = next((i for i, ln in enumerate(lines) if "WeightsUnpickler error" in ln), None)
-    if idx is not None and idx + 1 < len(lines):
-        return lines[idx + 1]
-    return lines[0] if lines else type(exc).__name__
+def verify(path: str | os.PathLike) -> None:
+    """Check every member of a zip checkpoint against its CRC; CheckpointError naming a damaged one.
+
+    torch reads tensor storage without checking it, so a flipped byte becomes a wrong weight. Legacy
+    (pre-zip) files carry no checksums and pass.
+    """
+    path = Path(path)
+    if not _is_zip(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise _unreadable(path, exc) from exc
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its member {bad} fails its CRC check",
+                              hint="use another copy of the file (or the previous epoch's checkpoint)")
+
+
+def nonfinite(state: Mapping[str, Any]) -> tuple[str, int, int, int] | None:
+    """(key, NaN count, Inf count, size) of the first floating tensor holding NaN or Inf, else None."""
+    import torch
+
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            if not bool(torch.isfinite(value).all()):
+                return key, int(torch.isnan(value).sum()), int(torch.isinf(value).sum()), value.numel()
+    return None
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The global a weights-only load refused (``posix.system``, ``numpy._core.multiarray._reconstruct``).
+
+    torch words it two ways: "Unsupported global: GLOBAL x.y was not an allowed global" and "Trying to
+    load unsupported GLOBAL x.y whose module x is blocked".
+    """
+    found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether the file starts like torch's zip format (a local file header)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _legacy_truncated(path: Path) -> bool:
+    """Whether a legacy (pre-zip) checkpoint ends inside one of its five leading pickles.
+
+    Parsed with pickletools (opcodes only, nothing constructed): magic number, protocol, system info,
+    the object and the storage keys, then raw storage bytes (torch says "unexpected EOF" for those).
+    """
+    if _is_zip(path):
+        return False
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        for _ in range(5):
+            try:
+                for _op in pickletools.genops(f):
+                    pass
+            except ValueError:  # ran off the end ("not enough data in stream"), or an unknown opcode (junk)
+                return f.tell() >= size
+    return False
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    """The error for a file torch cannot parse: truncated when its end is missing, else corrupt."""
+    size = path.stat().st_size if path.exists() else 0
+    if _is_zip(path):
+        truncated = not zipfile.is_zipfile(path)  # a zip's directory is its last record
+    else:
+        truncated = isinstance(exc, EOFError) or "unexpected EOF" in str(exc) or _legacy_truncated(path)
+    if truncated:
+        return CheckpointError(
+            f"checkpoint {path} is truncated ({size} bytes; its end is missing)",
+            hint="an interrupted save or copy: copy it again, or use the previous epoch's checkpoint")
+    return CheckpointError(f"cannot read checkpoint {path}: not a valid torch checkpoint ({_first_line(exc)})",
+                           hint="pass a file written by torch.save (train.py's epoch_N_whole.pt or a pretrained "
+                           f"llm.pt/flow.pt); {size} bytes here")
 
 
 def _first_line(exc: BaseException) -> str:
