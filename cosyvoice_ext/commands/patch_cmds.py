@@ -1,5 +1,8 @@
 """`cosyext apply-patches`, `cosyext status`, `cosyext revert`: a supported commit's patch series on an
-upstream tree. Which series applies is decided by recognising the tree's commit by content."""
+upstream tree. Which series applies is decided by recognising the tree's commit by content.
+
+Each command holds the tree's lock (a second one waits) and first recovers a command that a crash
+interrupted, saying whether it rolled it forward or back (docs/patching.md)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("apply-patches", help="apply the versioned patch series (atomic, idempotent, verified)",
                        description="Recognise which supported upstream commit the tree is at (by content), verify "
-                       "every locked file, then apply that commit's patch series in order, all or nothing. Running "
-                       "it again says 'already applied'.",
+                       "every locked file, then apply that commit's patch series in order, all or nothing: every file is "
+                       "replaced in one journaled transaction, so even a crash leaves nothing half done (the next run "
+                       "finishes it). Running it again says 'already applied'.",
                        epilog="example:\n  cosyext apply-patches --upstream ~/CosyVoice\n"
                        "  cosyext apply-patches --upstream ~/CosyVoice --check   # dry run", formatter_class=fmt)
     add_upstream_arg(p)
-    p.add_argument("--check", action="store_true", help="only verify that the series applies; change nothing")
+    p.add_argument("--check", action="store_true", help="only verify that the series applies and the tree is writable; change nothing (an "
+                        "interrupted earlier command is still recovered first)")
     p.add_argument("--allow-drift", action="store_true",
                    help="proceed when locked files the patches do not touch differ (they are listed)")
     p.set_defaults(func=run_apply)
@@ -46,9 +51,12 @@ def run_apply(args: argparse.Namespace) -> int:
     from ..upstream import patching
 
     root, lock = _load(args)
-    t = patching.target(root, lock, allow_drift=args.allow_drift)
-    print(f"upstream: {root} ({t.recognition.origin()})")
-    out = patching.apply_series(root, lock, check=args.check, allow_drift=args.allow_drift, t=t)
+    with patching.session(root, "apply-patches") as recovered:
+        if recovered:
+            print(recovered)
+        t = patching.target(root, lock, allow_drift=args.allow_drift)
+        print(f"upstream: {root} ({t.recognition.origin()})")
+        out = patching.apply_series(root, lock, check=args.check, allow_drift=args.allow_drift, t=t)
     print(out.message)
     for name in out.changed:
         print(f"  patched {name}")
@@ -59,7 +67,10 @@ def run_revert(args: argparse.Namespace) -> int:
     from ..upstream import patching
 
     root, lock = _load(args)
-    print(patching.revert_series(root, lock).message)
+    with patching.session(root, "revert") as recovered:
+        if recovered:
+            print(recovered)
+        print(patching.revert_series(root, lock).message)
     return 0
 
 
@@ -68,7 +79,10 @@ def run_status(args: argparse.Namespace) -> int:
     from ..upstream.tree import State, differing, recognise, unsupported_error
 
     root, lock = _load(args)
-    rec = recognise(root, lock, applied.read(root))
+    with patching.session(root, "status") as recovered:
+        if recovered and args.format == "text":
+            print(recovered)
+        rec = recognise(root, lock, applied.read(root))
     commit = rec.commit or rec.nearest
     states = rec.states
     counts = {s.value: sum(1 for x in states if x.state is s) for s in State}
@@ -79,7 +93,7 @@ def run_status(args: argparse.Namespace) -> int:
                           "name": rec.commit.name if supported else None,
                           "nearest": {"name": rec.nearest.name, "commit": rec.nearest.commit,
                                       "differing": len(differing(states))},
-                          "head": rec.head, "counts": counts,
+                          "head": rec.head, "counts": counts, "recovered": recovered,
                           "files": {x.path: x.state.value for x in states}}, indent=2))
     else:
         print(f"upstream: {root} ({rec.origin()})")
@@ -93,7 +107,7 @@ def run_status(args: argparse.Namespace) -> int:
             print(str(unsupported_error(rec, lock)))
         elif counts["drifted"] or counts["missing"]:
             print(f"drifted files were edited since upstream {commit.label}: apply-patches refuses to touch the "
-                  "tree until they match" + (f" ('git -C {root} diff' shows how)" if rec.head else ""))
+                  "tree until they match" + (f" ('git -C {root} diff' shows how)" if rec.by == "git" else ""))
         elif counts["patched-older"]:
             print(f"patched by an older cosyvoice-ext series; next: cosyext apply-patches --upstream {root} (upgrades it)")
         elif counts["patched"]:

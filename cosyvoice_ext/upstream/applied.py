@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,26 +35,24 @@ def read(root: Path) -> Record | None:
         return None
 
 
-def write(root: Path, patches: list, results: dict[str, bytes], upstream_commit: str) -> None:
-    """Replace the record in one rename so it always describes a whole series."""
+def build(into: Path, patches: list, results: dict[str, bytes], upstream_commit: str) -> None:
+    """Write a complete record into the new directory `into`; the journal renames it into place, so
+    the record always describes a whole series (see `journal`)."""
     from .. import __version__
 
-    parent = root / RECORD_DIR.parent
-    parent.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".applied-", dir=parent))
+    into.mkdir()
     for p in patches:
-        shutil.copyfile(p.path, tmp / p.name)
-    (tmp / "state.json").write_text(json.dumps({
+        shutil.copyfile(p.path, into / p.name)
+    (into / "state.json").write_text(json.dumps({
         "cosyvoice_ext": __version__,
         "upstream_commit": upstream_commit,
         "patches": [{"name": p.name, "sha256": p.sha256} for p in patches],
         "patched": {f: pin.sha256(data) for f, data in sorted(results.items())},
     }, indent=2) + "\n", encoding="utf-8")
-    remove(root)
-    tmp.rename(root / RECORD_DIR)
 
 
 def remove(root: Path) -> None:
+    """Drop a stale record (the files are pristine already); `.cosyext/` goes when it is empty."""
     shutil.rmtree(root / RECORD_DIR, ignore_errors=True)
     try:
         (root / RECORD_DIR.parent).rmdir()

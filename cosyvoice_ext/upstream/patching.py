@@ -7,21 +7,23 @@ is decided by recognising the tree's commit (`tree.recognise`), never by asking 
 
 Patches are applied with real `git apply` in a private staging directory holding copies of the
 touched files; the tree itself is only written after the whole series applied there and every
-result matched the hashes in vendor.lock.
+result matched the hashes in vendor.lock. Then every file and the applied record are replaced as
+one journaled transaction (`journal`), under a lock that lets one command at a time work on a tree
+(`treelock`); an interrupted earlier command is recovered first (`session`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import LockError, PatchConflict, VerificationError
-from . import applied, pin
+from . import applied, journal, pin, treelock
 from .applied import Record
 from .lockfile import Commit, Lock
 from .tree import FileState, Recognition, State, classify, recognise, submodule_missing, unsupported_error
@@ -128,20 +130,22 @@ def read_files(root: Path, files) -> dict[str, bytes]:
     return {rel: (root / rel).read_bytes() for rel in files}
 
 
-def write_atomically(root: Path, contents: dict[str, bytes]) -> None:
-    """Replace each file by rename so a crash leaves either the old or the new bytes."""
-    for rel, data in contents.items():
-        dest = root / rel
-        tmp = dest.with_name(f".{dest.name}.cosyext-tmp")
-        tmp.write_bytes(data)
-        shutil.copymode(dest, tmp)
-        os.replace(tmp, dest)
+@contextmanager
+def session(root: Path, command: str) -> Iterator[str | None]:
+    """Hold the tree lock for a whole command and first finish (or undo) whatever an interrupted
+    command left in the tree's journal. Yields the line saying what recovery did, or None."""
+    with treelock.locked(root, what=f"cosyext {command} --upstream {root}"):
+        yield journal.recover(root)
 
 
 @dataclass
 class Outcome:
     message: str
     changed: list[str]
+
+    def after(self, recovered: str | None) -> "Outcome":
+        """The outcome, saying first that an interrupted command was recovered (library callers)."""
+        return Outcome(f"{recovered}\n{self.message}", self.changed) if recovered else self
 
 
 @dataclass(frozen=True)
@@ -183,11 +187,13 @@ def _partition(states: list[FileState]) -> dict[State, list[str]]:
     return by
 
 
-def _restore_hint(root: Path) -> str:
-    """How to get upstream's copy of a file back: git only where the tree is a git checkout."""
-    if (root / ".git").exists():
-        return f"restore them with 'git -C {root} checkout -- <file>'"
-    return "restore them from upstream (or re-vendor a clean tree with 'cosyext vendor DIR')"
+def _restore_hint(t: Target) -> str:
+    """How to get upstream's copy of a file back: git only where the tree is a checkout whose HEAD is
+    the supported commit (anywhere else `git checkout` would not give upstream's bytes)."""
+    if t.recognition.by == "git":
+        return f"restore them with 'git -C {t.root} checkout -- <file>'"
+    return (f"restore them from upstream {t.commit.label} (or re-vendor a clean tree with "
+            f"'cosyext vendor DIR --rev {t.commit.name}')")
 
 
 def _refuse_bad_tree(t: Target, by: dict[State, list[str]], allow_drift: bool, files: list[str]) -> None:
@@ -195,7 +201,7 @@ def _refuse_bad_tree(t: Target, by: dict[State, list[str]], allow_drift: bool, f
     if by[State.MISSING]:
         missing = [FileState(f, State.MISSING) for f in by[State.MISSING]]
         hint = (f"check out the submodule: git -C {root} submodule update --init"
-                if submodule_missing(missing, commit) and t.recognition.head
+                if submodule_missing(missing, commit) and t.recognition.by == "git"
                 else f"get a complete tree with 'cosyext vendor DIR --rev {commit.name}'")
         raise VerificationError(
             f"{len(by[State.MISSING])} file(s) of upstream {commit.label} missing under {root}: "
@@ -206,7 +212,7 @@ def _refuse_bad_tree(t: Target, by: dict[State, list[str]], allow_drift: bool, f
         raise PatchConflict(
             f"these files differ from both upstream {commit.label} and its patched version (local edits), "
             "so nothing was changed:\n" + "\n".join(f"  {f}" for f in blocking),
-            hint=f"keep your edits elsewhere, then {_restore_hint(root)}"
+            hint=f"keep your edits elsewhere, then {_restore_hint(t)}"
             + ("" if allow_drift else "; or pass --allow-drift if they are not files the patches touch"),
         )
 
@@ -229,9 +235,15 @@ def _unapply_older(t: Target, record: Record | None, by: dict[State, list[str]])
 def apply_series(root: Path, lock: Lock, check: bool = False, allow_drift: bool = False,
                  patches_dir: Path | None = None, t: Target | None = None) -> Outcome:
     """Recognise the tree's commit, verify it, then apply that commit's whole series or nothing
-    (upgrading a series applied by an older cosyvoice-ext in place). `t`: an already made `target()`."""
-    t = t or target(root, lock, allow_drift=allow_drift, patches_dir=patches_dir)
-    commit, patches = t.commit, t.patches
+    (upgrading a series applied by an older cosyvoice-ext in place). `t`: an already made `target()`,
+    made under the same `session()`."""
+    with session(root, "apply-patches") as recovered:
+        t = t or target(root, lock, allow_drift=allow_drift, patches_dir=patches_dir)
+        return _apply(t, check, allow_drift).after(recovered)
+
+
+def _apply(t: Target, check: bool, allow_drift: bool) -> Outcome:
+    root, commit, patches = t.root, t.commit, t.patches
     files = touched_files(patches)
     record = applied.read(root)
     by = _partition(classify(root, commit, record))
@@ -243,27 +255,33 @@ def apply_series(root: Path, lock: Lock, check: bool = False, allow_drift: bool 
     if patched and not by[State.PATCHED_OLDER]:
         raise PatchConflict(f"the series is partly applied in {root} ({', '.join(patched)} patched, others not)",
                             hint=f"run 'cosyext revert --upstream {root}' and then apply again")
-    base = read_files(root, files)
+    current = read_files(root, files)
     reverted = _unapply_older(t, record, by)
-    base.update({f: d for f, d in reverted.items() if f in base})
-    staged = stage_series(base, patches, root)
+    staged = stage_series({**current, **{f: d for f, d in reverted.items() if f in current}}, patches, root)
     stale = [f for f, data in staged.items() if f not in commit.patched or not commit.patched[f].matches(data)]
     if stale:
         raise LockError(f"patched result of {', '.join(stale)} does not match vendor.lock",
                         hint="regenerate the lock with 'cosyext lock' after changing patches")
     upgrade = f" (replacing an older series of {len(record.names)} patches)" if reverted else ""
+    writes = {**{f: d for f, d in reverted.items() if f not in staged}, **staged}
+    old = {**read_files(root, [f for f in writes if f not in current]), **current}
+    writes = {f: d for f, d in writes.items() if d != old[f]}
+    journal.preflight(root, sorted(writes))
     if check:
         return Outcome(f"check passed: {what} apply cleanly to {len(files)} file(s) in {root}{upgrade}", [])
-    writes = {**{f: d for f, d in reverted.items() if f not in staged}, **staged}
-    write_atomically(root, writes)
-    applied.write(root, patches, staged, commit.commit)
+    journal.commit(root, "apply-patches", {f: old[f] for f in writes}, writes,
+                   record=lambda into: applied.build(into, patches, staged, commit.commit))
     return Outcome(f"applied {what} to {len(files)} file(s) in {root}{upgrade}", sorted(writes))
 
 
 def revert_series(root: Path, lock: Lock, patches_dir: Path | None = None) -> Outcome:
     """Restore pristine upstream for every patched file; refuse if any touched file was edited."""
-    t = target(root, lock, allow_drift=False, patches_dir=patches_dir)
-    commit, patches = t.commit, t.patches
+    with session(root, "revert") as recovered:
+        return _revert(target(root, lock, allow_drift=False, patches_dir=patches_dir)).after(recovered)
+
+
+def _revert(t: Target) -> Outcome:
+    root, commit, patches = t.root, t.commit, t.patches
     files = touched_files(patches)
     record = applied.read(root)
     by = _partition(classify(root, commit, record))
@@ -271,8 +289,9 @@ def revert_series(root: Path, lock: Lock, patches_dir: Path | None = None) -> Ou
     _refuse_bad_tree(t, by, allow_drift=True, files=sorted(set(files) | set(older_files)))
     if older_files:
         restored = _unapply_older(t, record, by)
-        write_atomically(root, restored)
-        applied.remove(root)
+        current = read_files(root, restored)
+        restored = {f: d for f, d in restored.items() if d != current[f]}
+        journal.commit(root, "revert", {f: current[f] for f in restored}, restored, record=None)
         return Outcome(f"reverted an older series of {len(record.names)} patches: "
                        f"{len(restored)} file(s) restored to pristine upstream {commit.label}", sorted(restored))
     patched = [f for f in files if f in by[State.PATCHED]]
@@ -281,13 +300,13 @@ def revert_series(root: Path, lock: Lock, patches_dir: Path | None = None) -> Ou
         return Outcome(f"nothing to revert: {root} is pristine upstream {commit.label}", [])
     if len(patched) != len(files):
         raise PatchConflict(f"only part of the series is applied in {root}: {', '.join(patched)}",
-                            hint=f"{_restore_hint(root)}, then revert again")
-    staged = stage_series(read_files(root, files), patches, root, reverse=True)
+                            hint=f"{_restore_hint(t)}, then revert again")
+    current = read_files(root, files)
+    staged = stage_series(current, patches, root, reverse=True)
     bad = [f for f, data in staged.items() if not commit.files[f].matches(data)]
     if bad:
         raise VerificationError(f"reverting did not give pristine upstream for {', '.join(bad)}; nothing was written",
                                 hint=f"re-vendor with 'cosyext vendor DIR --rev {commit.name}'")
-    write_atomically(root, staged)
-    applied.remove(root)
+    journal.commit(root, "revert", current, staged, record=None)
     return Outcome(f"reverted {len(patches)} patches: {len(files)} file(s) restored to pristine upstream "
                    f"{commit.label}", sorted(staged))
