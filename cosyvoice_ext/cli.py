@@ -1,7 +1,8 @@
 """`cosyext` command line. Each subcommand lives in its own module exposing
 ``register(subparsers)`` (adds its parser, sets ``func``) so heavy imports stay lazy.
 
-Exit codes: 0 ok, 1 findings or conflict, 2 usage or environment error.
+Exit codes: 0 ok, 1 findings or conflict, 2 usage or environment error; 130 after Ctrl-C (SIGINT)
+and 143 after SIGTERM, both once every cleanup ran.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
-from typing import Sequence
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from . import __version__
 from .errors import CosyextError
@@ -28,6 +32,35 @@ COMMAND_MODULES = (
     "plot_cmd",
     "demo",
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt: every `finally`, `except BaseException` and
+    `except KeyboardInterrupt` cleanup (vendor's staging dir, the journal's rollback, prepare's
+    resumable state) runs for it exactly as for SIGINT, instead of the process dying mid-write."""
+
+
+_got_sigterm: list[bool] = []
+
+
+def _raise_terminated(signum, frame) -> None:
+    _got_sigterm.append(True)
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_like_sigint() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` while a command runs (unless SIGTERM is ignored, e.g. nohup)."""
+    _got_sigterm.clear()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
+        with _sigterm_like_sigint():
+            rc = args.func(args)
     except CosyextError as exc:
         if args.verbose:
             raise
@@ -72,9 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"  next: {exc.hint}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print(f"cosyext {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("cosyext: interrupted", file=sys.stderr)
+        print(f"cosyext {args.command}: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    if rc == 130 and _got_sigterm:
+        return 143  # a command that handled the interrupt itself (prepare) still reports which signal it was
     return int(rc or 0)
 
 

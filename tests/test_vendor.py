@@ -164,3 +164,119 @@ def test_unreachable_git_url_fails_cleanly(tmp_path):
     assert res.returncode == 2
     assert "could not clone" in res.stderr and "bundle" in res.stderr and "Traceback" not in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- interrupted vendor: nothing left behind -----------------------------------------------------------
+
+#: a slow source: git clones for real, then stalls before it returns (as a slow network would)
+SLOW_GIT = """#!/bin/sh
+case " $* " in *" clone "*) "{git}" "$@" || exit $?; touch "{ready}"; exec sleep 120;; esac
+exec "{git}" "$@"
+"""
+
+#: `cosyext vendor --source pypi` whose download stalls once the wheel is in the temporary directory
+SLOW_WHEEL = r"""
+import shutil, sys, time
+from pathlib import Path
+from cosyvoice_ext.upstream import sources
+wheel, ready = Path(sys.argv[1]), Path(sys.argv[2])
+def slow_download(commit, into):
+    shutil.copy2(wheel, into / wheel.name)
+    ready.write_text(str(into))
+    time.sleep(120)
+sources.download_wheel = slow_download
+from cosyvoice_ext.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    import time
+
+    end = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "the child never got there"
+        time.sleep(0.05)
+
+
+def _slow_git_env(tmp_path: Path, ready: Path) -> dict:
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "git"
+    shim.write_text(SLOW_GIT.format(git=shutil.which("git"), ready=ready))
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path / "tmp")}
+
+
+@pytest.mark.parametrize("sig, rc, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_signal_mid_clone_leaves_nothing_beside_dest(bundle_dir, tmp_path, sig, rc, word):
+    import os
+    import signal
+    import sys
+
+    parent, ready = tmp_path / "parent", tmp_path / "ready"
+    parent.mkdir()
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "cosyvoice_ext.cli", "vendor", str(parent / "CosyVoice"),
+                             "--source", str(bundle_dir)], env=_slow_git_env(tmp_path, ready),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(ready, proc)
+    assert [p.name for p in parent.iterdir()][0].startswith(".CosyVoice.cosyext-")  # the clone is staged
+    os.kill(proc.pid, getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == rc, err
+    assert err.strip().splitlines()[-1] == f"cosyext vendor: {word} ({sig})" and "Traceback" not in err
+    assert list(parent.iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
+    import time
+
+    time.sleep(0.5)
+    assert list(parent.iterdir()) == []  # no git child left running that could write there again
+
+
+def test_sigterm_mid_download_leaves_no_temporary_wheel_dir(pypi_wheel, tmp_path):
+    import os
+    import signal
+    import sys
+
+    parent, ready, tmp = tmp_path / "parent", tmp_path / "ready", tmp_path / "tmp"
+    parent.mkdir()
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WHEEL, str(pypi_wheel), str(ready), "vendor",
+                             str(parent / "CosyVoice"), "--source", "pypi", "--rev", PIN],
+                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(ready, proc)
+    wheel_dir = Path(ready.read_text())
+    assert wheel_dir.parent == tmp and (wheel_dir / pypi_wheel.name).is_file()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "cosyext vendor: terminated (SIGTERM)"
+    assert list(tmp.iterdir()) == [] and list(parent.iterdir()) == []
+
+
+def test_the_next_vendor_removes_what_a_kill_9_left(bundle_dir, tmp_path, lock):
+    import os
+    import signal
+    import sys
+
+    parent, ready = tmp_path / "parent", tmp_path / "ready"
+    parent.mkdir()
+    (tmp_path / "tmp").mkdir()
+    dest = parent / "CosyVoice"
+    proc = subprocess.Popen([sys.executable, "-m", "cosyvoice_ext.cli", "vendor", str(dest), "--source",
+                             str(bundle_dir)], env=_slow_git_env(tmp_path, ready), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _wait_for(ready, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # nothing can clean up after this
+    proc.communicate(timeout=60)
+    (left,) = parent.iterdir()
+    (parent / ".other.cosyext-abcdefgh").mkdir()  # another DEST's: not ours to remove
+    res = run_cosyext("vendor", str(dest), "--source", str(bundle_dir))
+    assert res.returncode == 0, res.stderr
+    assert f"removing {left}" in res.stderr
+    assert sorted(p.name for p in parent.iterdir()) == [".other.cosyext-abcdefgh", "CosyVoice"]
+    assert recognise(dest, lock).commit is lock.newest

@@ -1,12 +1,18 @@
 """Bring upstream at a supported commit into a directory: from GitHub, a git bundle, a local git
 mirror (or a folder of them), a plain directory, or the PyPI wheel that carries the same bytes where
 one exists. Everything is staged and verified against vendor.lock before DEST is touched, so a
-failure leaves DEST exactly as it was."""
+failure leaves DEST exactly as it was.
+
+Interrupted (Ctrl-C, or SIGTERM, which the CLI turns into the same exception), vendor stops the git
+or pip child it waits for, then removes its staging directory and temporary wheel directory before
+the process exits. A staging directory that a `kill -9` left beside DEST is removed by the next
+vendor into the same DEST (a running vendor holds a lock on its own, so that one is never touched)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import EnvironmentProblem, UsageError, VerificationError
-from . import mirror, pin
+from . import mirror, pin, treelock
 from .lockfile import Commit, Lock
 
 log = logging.getLogger("cosyvoice_ext")
@@ -102,34 +108,33 @@ def copy_tree(src: Path, commit: Commit, staging: Path) -> None:
             shutil.copy2(f, out)
 
 
-def _progress():
-    """git clone progress on stderr (clones from GitHub take a while)."""
-    import git
+def _git(*args: str, what: str, hint: str) -> None:
+    """Run git (progress shows on a terminal; otherwise its messages go into the error).
 
-    class Progress(git.RemoteProgress):
-        def update(self, op_code, cur_count, max_count=None, message=""):  # noqa: D401
-            if max_count and sys.stderr.isatty():  # a log file gets no carriage-return spam
-                print(f"\r  clone {cur_count:.0f}/{max_count:.0f} {message}", end="", file=sys.stderr, flush=True)
-
-    return Progress()
+    `subprocess.run` kills and reaps the child when an exception (Ctrl-C, SIGTERM) interrupts the
+    wait, so no git is still writing into the staging directory while vendor removes it."""
+    live = sys.stderr.isatty()
+    cmd = ["git", "-c", "protocol.ext.allow=never", "-c", "advice.detachedHead=false", *args]
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if live else subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise EnvironmentProblem("git is not installed (vendor clones with it)",
+                                 hint="install git, or use --source pypi / a .whl / a plain directory") from None
+    if proc.returncode != 0:
+        said = (proc.stderr or "").strip() or ("see git's message above" if live else f"exit {proc.returncode}")
+        raise EnvironmentProblem(f"{what}: {said}", hint=hint)
 
 
 def clone_git(url: str, commit: Commit, staging: Path, submodule_urls: dict[str, str],
               matcha: str | None) -> None:
     """Clone `url` (GitHub, a bundle or a local mirror) at `commit`, then the Matcha-TTS submodule."""
-    import git
-
     log.info("cloning %s", url)
-    try:
-        repo = git.Repo.clone_from(url, staging, no_checkout=True, progress=_progress())
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-        repo.git.checkout(commit.commit)
-    except git.GitCommandError as exc:
-        raise EnvironmentProblem(f"git could not clone/check out {url} at {commit.commit}: "
-                                 f"{exc.stderr.strip() or exc}",
-                                 hint="check the source (it must hold that commit) and the network, or use an "
-                                      "offline git bundle: --source PATH/CosyVoice.bundle") from None
+    progress = ["--progress"] if sys.stderr.isatty() else []
+    hint = ("check the source (it must hold that commit) and the network, or use an offline git bundle: "
+            "--source PATH/CosyVoice.bundle")
+    what = f"git could not clone/check out {url} at {commit.commit}"
+    _git("clone", "--no-checkout", *progress, "--", url, str(staging), what=what, hint=hint)
+    _git("-C", str(staging), "checkout", "-q", commit.commit, what=what, hint=hint)
     sub_commit = commit.submodules.get(pin.MATCHA_PATH)
     if sub_commit is None:
         return
@@ -138,15 +143,12 @@ def clone_git(url: str, commit: Commit, staging: Path, submodule_urls: dict[str,
         return
     src = matcha or submodule_urls[pin.MATCHA_PATH]
     log.info("fetching submodule %s from %s", pin.MATCHA_PATH, src)
-    try:
-        if target.exists():
-            shutil.rmtree(target)
-        sub_repo = git.Repo.clone_from(src, target, no_checkout=True)
-        sub_repo.git.checkout(sub_commit)
-    except git.GitCommandError as exc:
-        raise EnvironmentProblem(f"git could not fetch the Matcha-TTS submodule at {sub_commit} from {src}: "
-                                 f"{exc.stderr.strip() or exc}",
-                                 hint="pass a local copy with --matcha-source PATH (a bundle or a git mirror)") from None
+    if target.exists():
+        shutil.rmtree(target)
+    what = f"git could not fetch the Matcha-TTS submodule at {sub_commit} from {src}"
+    hint = "pass a local copy with --matcha-source PATH (a bundle or a git mirror)"
+    _git("clone", "--no-checkout", *progress, "--", src, str(target), what=what, hint=hint)
+    _git("-C", str(target), "checkout", "-q", sub_commit, what=what, hint=hint)
 
 
 # --- the command's core ---------------------------------------------------------------------
@@ -159,21 +161,43 @@ def vendor(dest: Path, source: str, lock: Lock, rev: str | None = None, matcha: 
         raise UsageError(f"{dest} already exists and is not empty; nothing was changed",
                          hint=f"choose a new directory, or check it with 'cosyext status --upstream {dest}'")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.cosyext-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; DEST should look like any new directory
+    for old in _leftover_staging(dest):
+        log.warning("removing %s, left beside %s by an interrupted vendor", old, dest.name)
+        shutil.rmtree(old, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(dest), dir=dest.parent))
     try:
-        kind = _fill(staging, source, lock, commit, matcha)
-        verify_locked_files(staging, commit)
-        if dest.exists():
-            dest.rmdir()
-        staging.rename(dest)
+        with treelock.locked(staging, wait=0):
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; DEST should look like any new directory
+            kind = _fill(staging, source, lock, commit, matcha)
+            verify_locked_files(staging, commit)
+            if dest.exists():
+                dest.rmdir()
+            staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return (f"vendored upstream {commit.label} ({', '.join(commit.families)}) from {kind} into {dest} "
             f"({len(commit.files)} locked files verified)")
+
+
+def _staging_prefix(dest: Path) -> str:
+    return f".{dest.name}.cosyext-"
+
+
+def _leftover_staging(dest: Path) -> list[Path]:
+    """Staging directories of earlier vendors into `dest` that nobody holds: a `kill -9` left them."""
+    name = re.compile(re.escape(_staging_prefix(dest)) + r"[a-z0-9_]{8}")
+    out = []
+    for p in sorted(dest.parent.iterdir()):
+        if name.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            try:
+                if not treelock.is_locked(p):
+                    out.append(p)
+            except OSError:
+                continue  # gone meanwhile
+    return out
 
 
 def _fill(staging: Path, source: str, lock: Lock, commit: Commit, matcha: str | None) -> str:
