@@ -50,7 +50,7 @@ def _raise_terminated(signum, frame) -> None:
 
 @contextmanager
 def _sigterm_like_sigint() -> Iterator[None]:
-    """Turn SIGTERM into `Terminated` while a command runs (unless SIGTERM is ignored, e.g. nohup)."""
+    """Turn SIGTERM into `Terminated` while a command runs (unless the parent set SIGTERM to be ignored)."""
     _got_sigterm.clear()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:

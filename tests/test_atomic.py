@@ -191,8 +191,20 @@ def test_kill_9_between_replacements_then_the_next_run_rolls_forward(main_copy, 
     assert f"interrupted 'cosyext {command}' had replaced 2 of 4 file(s); rolled forward" in res.stdout
     assert ("patch series applied" if after == "patched" else "pristine upstream") in res.stdout
     assert state(main_copy, main_commit) == after and not (main_copy / JOURNAL.parent).exists()
-    res = cosyext("status", "--upstream", str(main_copy))
-    assert res.returncode == 0 and "rolled" not in res.stdout
+    res = cosyext("status", "--upstream", str(main_copy), "--format", "json")
+    assert res.returncode == 0 and json.loads(res.stdout)["recovered"] is None
+
+
+@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_between_replacements_rolls_back_at_once(main_copy, tmp_path, sig, rc):
+    before = tree_digest(main_copy)
+    child = Paused(tmp_path, main_copy, 2, "apply-patches", "--upstream", str(main_copy))
+    os.kill(child.proc.pid, sig)
+    assert child.proc.wait(60) == rc
+    err = child.err.read_text()
+    assert err.strip().splitlines()[-1] == f"cosyext apply-patches: {'terminated' if rc == 143 else 'interrupted'} " \
+        f"({sig.name})" and "Traceback" not in err
+    assert tree_digest(main_copy) == before  # rolled back: no journal, no record, no half-patched file
 
 
 def test_staged_bytes_lost_after_a_crash_rolls_back(main_copy, main_commit, tmp_path):
