@@ -51,7 +51,7 @@ def test_apply_patches_then_train_py_is_byte_identical_upstream(upstream_at, loc
     assert main(["apply-patches", "--upstream", str(root)]) == 0
     out = capsys.readouterr().out
     assert f"applied {len(series(commit))} patches for upstream {commit.label}" in out
-    assert f"recognised by its HEAD" in out
+    assert "recognised by its HEAD" in out
     data = (root / TRAIN_UTILS).read_bytes()
     assert commit.patched[TRAIN_UTILS].matches(data)
     assert pin.git_blob_id(data) == commit.patched[TRAIN_UTILS].blob

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -52,8 +56,6 @@ def test_rev_by_name_or_hash_prefix_from_a_mirror_folder(bundle_dir, lock, tmp_p
 
 
 def test_mirror_env_is_the_default_source(bundle_dir, lock, tmp_path):
-    import os
-
     env = {**os.environ, mirror.MIRROR_ENV: str(bundle_dir)}
     res = run_cosyext("vendor", str(tmp_path / "up"), env=env)
     assert res.returncode == 0, res.stderr
@@ -191,8 +193,6 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
-    import time
-
     end = time.monotonic() + 120
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
@@ -201,8 +201,6 @@ def _wait_for(path: Path, proc: subprocess.Popen) -> None:
 
 
 def _slow_git_env(tmp_path: Path, ready: Path) -> dict:
-    import os
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "git"
@@ -213,10 +211,6 @@ def _slow_git_env(tmp_path: Path, ready: Path) -> dict:
 
 @pytest.mark.parametrize("sig, rc, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
 def test_a_signal_mid_clone_leaves_nothing_beside_dest(bundle_dir, tmp_path, sig, rc, word):
-    import os
-    import signal
-    import sys
-
     parent, ready = tmp_path / "parent", tmp_path / "ready"
     parent.mkdir()
     (tmp_path / "tmp").mkdir()
@@ -230,17 +224,11 @@ def test_a_signal_mid_clone_leaves_nothing_beside_dest(bundle_dir, tmp_path, sig
     assert proc.returncode == rc, err
     assert err.strip().splitlines()[-1] == f"cosyext vendor: {word} ({sig})" and "Traceback" not in err
     assert list(parent.iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
-    import time
-
     time.sleep(0.5)
     assert list(parent.iterdir()) == []  # no git child left running that could write there again
 
 
 def test_sigterm_mid_download_leaves_no_temporary_wheel_dir(pypi_wheel, tmp_path):
-    import os
-    import signal
-    import sys
-
     parent, ready, tmp = tmp_path / "parent", tmp_path / "ready", tmp_path / "tmp"
     parent.mkdir()
     tmp.mkdir()
@@ -259,10 +247,6 @@ def test_sigterm_mid_download_leaves_no_temporary_wheel_dir(pypi_wheel, tmp_path
 
 
 def test_the_next_vendor_removes_what_a_kill_9_left(bundle_dir, tmp_path, lock):
-    import os
-    import signal
-    import sys
-
     parent, ready = tmp_path / "parent", tmp_path / "ready"
     parent.mkdir()
     (tmp_path / "tmp").mkdir()

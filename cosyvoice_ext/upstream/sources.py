@@ -56,7 +56,7 @@ def _require_pypi(commit: Commit) -> dict[str, str]:
     if not commit.pypi:
         raise UsageError(f"no PyPI package carries upstream {commit.label}",
                          hint="use a git source: --source github, a git bundle or a mirror folder "
-                              f"(or --rev for a commit with a wheel)")
+                              "(or --rev for a commit with a wheel)")
     return commit.pypi
 
 
