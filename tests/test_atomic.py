@@ -313,12 +313,34 @@ def test_the_lock_gives_up_with_a_clear_error(main_copy, tmp_path):
 
 def test_a_plain_tree_with_an_empty_git_dir_gets_no_git_advice(upstream_at, tmp_path, capsys):
     root = tmp_path / "tree"
-    shutil.copytree(upstream_at(MAIN), root, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+    shutil.copytree(upstream_at(MAIN, patched=False), root, symlinks=True, ignore=shutil.ignore_patterns(".git"))
     subprocess.run(["git", "init", "-q", str(root)], check=True)  # the user's own repository, no commit yet
-    shutil.copy2(upstream_at(MAIN, patched=False) / "cosyvoice/utils/onnx.py", root / "cosyvoice/utils/onnx.py")
-    assert main(["revert", "--upstream", str(root)]) == 1
+    edited = root / "cosyvoice/utils/onnx.py"
+    edited.write_bytes(edited.read_bytes() + b"# mine\n")
+    assert main(["apply-patches", "--upstream", str(root), "--allow-drift"]) == 1
     err = capsys.readouterr().err
-    assert "only part of the series" in err and "next:" in err and "git" not in err.split("next:")[1]
+    assert "cosyvoice/utils/onnx.py" in err and "next:" in err and "git" not in err.split("next:")[1]
+
+
+# --- a partly patched tree without a journal (an older cosyvoice-ext crashed, a file copied by hand) ----
+
+@pytest.mark.parametrize("command, after", [("apply-patches", "patched"), ("revert", "pristine")])
+def test_a_partly_patched_tree_without_a_journal_is_finished_or_reverted(upstream_at, main_commit, tmp_path, capsys,
+                                                                         command, after):
+    root = tmp_path / "tree"
+    shutil.copytree(upstream_at(MAIN), root, symlinks=True)
+    shutil.rmtree(root / ".cosyext")  # as an older cosyvoice-ext killed mid-way would leave it: no journal
+    pristine = upstream_at(MAIN, patched=False)
+    for f in ("cosyvoice/utils/onnx.py", "cosyvoice/llm/llm.py"):  # two of the four files back to upstream
+        shutil.copy2(pristine / f, root / f)
+    assert main(["status", "--upstream", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "PARTLY patched: 2 of the 4" in out and "series applied" not in out
+    assert main([command, "--upstream", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "partly applied" in out and f"{'applied' if after == 'patched' else 'reverted'} 10 patches" in out
+    assert state(root, main_commit) == after
+    assert main(["status", "--upstream", str(root)]) == 0
 
 
 # --- the journal itself (unit tier: a small tree, no upstream) ---------------------------------------

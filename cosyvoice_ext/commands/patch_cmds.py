@@ -115,8 +115,8 @@ def run_status(args: argparse.Namespace) -> int:
             touched = patching.touched_files(series)
             done = [x.path for x in states if x.state is State.PATCHED]
             if sorted(done) != touched:
-                print(f"PARTLY patched: {len(done)} of the {len(touched)} files the series touches; "
-                      f"next: cosyext revert --upstream {root}, then apply-patches again")
+                print(f"PARTLY patched: {len(done)} of the {len(touched)} files the series touches; next: "
+                      f"cosyext apply-patches --upstream {root} (finishes it) or cosyext revert --upstream {root}")
                 return 1
             print(f"patch series applied ({len(series)} patches for {commit.label})")
         else:

@@ -14,15 +14,17 @@ one journaled transaction (`journal`), under a lock that lets one command at a t
 
 from __future__ import annotations
 
+import glob
 import re
+import subprocess
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
-from ..errors import LockError, PatchConflict, VerificationError
+from ..errors import EnvironmentProblem, LockError, PatchConflict, VerificationError
 from . import applied, journal, pin, treelock
 from .applied import Record
 from .lockfile import Commit, Lock
@@ -96,34 +98,46 @@ def check_lock_matches_series(commit: Commit, patches: list[Patch]) -> None:
         )
 
 
-def stage_series(contents: dict[str, bytes], patches: list[Patch], where: Path, reverse: bool = False) -> dict[str, bytes]:
+def stage_series(contents: dict[str, bytes], patches: list[Patch], where: Path, reverse: bool = False,
+                 only: Collection[str] | None = None) -> dict[str, bytes]:
     """Apply (or reverse) `patches` to copies of `contents`; return the new contents.
 
-    Raises PatchConflict naming the first patch that does not apply; nothing under `where` (the
-    tree the contents came from, named in messages) is ever written.
+    `only`: apply just the parts of each patch that touch these files (the others are kept as they
+    are), which is how a partly applied series is finished or undone. Raises PatchConflict naming
+    the first patch that does not apply; nothing under `where` (the tree the contents came from,
+    named in messages) is ever written. git runs through `subprocess.run`, which kills and reaps it
+    when Ctrl-C or SIGTERM interrupts the wait, so the private directory is removed after it.
     """
-    import git
-
+    include = None if only is None else [f"--include={glob.escape(f)}" for f in sorted(only)]
+    if include == []:
+        return dict(contents)
     with tempfile.TemporaryDirectory(prefix="cosyext-stage-") as tmp:
         stage = Path(tmp)
-        git.Repo.init(stage)  # so `git apply` never resolves paths against an enclosing repository
         for rel, data in contents.items():
             dst = stage / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(data)
-        g = git.Git(stage)
+        # a repository of its own, so `git apply` never resolves paths against an enclosing one
+        _git_in(stage, "init", "-q")
         for patch in (reversed(patches) if reverse else patches):
-            args = ["--whitespace=nowarn"] + (["--reverse"] if reverse else []) + [str(patch.path.resolve())]
-            try:
-                g.apply(*args)
-            except git.GitCommandError as exc:
+            res = _git_in(stage, "apply", "--whitespace=nowarn", *(["--reverse"] if reverse else []),
+                          *(include or []), str(patch.path.resolve()))
+            if res.returncode != 0:
                 what = "reverse-apply" if reverse else "apply"
                 raise PatchConflict(
-                    f"patch {patch.name} does not {what} to {where}: {exc.stderr.strip()}\n"
+                    f"patch {patch.name} does not {what} to {where}: {res.stderr.strip()}\n"
                     "  upstream changed since the patch was made, or a patched file was edited; nothing was written",
                     hint=f"run 'cosyext status --upstream {where}' to see which file differs",
-                ) from None
+                )
         return {rel: (stage / rel).read_bytes() for rel in contents}
+
+
+def _git_in(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise EnvironmentProblem("git is not installed (patches are applied with 'git apply')",
+                                 hint="install git (e.g. apt-get install git), then run the command again") from None
 
 
 def read_files(root: Path, files) -> dict[str, bytes]:
@@ -252,17 +266,19 @@ def _apply(t: Target, check: bool, allow_drift: bool) -> Outcome:
     what = f"{len(patches)} patches for upstream {commit.label}"
     if len(patched) == len(files) and not by[State.PATCHED_OLDER]:
         return Outcome(f"already applied: {what}, {len(files)} file(s) patched in {root}", [])
-    if patched and not by[State.PATCHED_OLDER]:
-        raise PatchConflict(f"the series is partly applied in {root} ({', '.join(patched)} patched, others not)",
-                            hint=f"run 'cosyext revert --upstream {root}' and then apply again")
+    # partly applied without a journal (a cosyvoice-ext older than the journal crashed, or a file was
+    # copied by hand): every file is pristine or patched, so patch only the pristine ones
+    partly = bool(patched) and not by[State.PATCHED_OLDER]
     current = read_files(root, files)
     reverted = _unapply_older(t, record, by)
-    staged = stage_series({**current, **{f: d for f, d in reverted.items() if f in current}}, patches, root)
+    staged = stage_series({**current, **{f: d for f, d in reverted.items() if f in current}}, patches, root,
+                          only=[f for f in files if f not in patched] if partly else None)
     stale = [f for f, data in staged.items() if f not in commit.patched or not commit.patched[f].matches(data)]
     if stale:
         raise LockError(f"patched result of {', '.join(stale)} does not match vendor.lock",
                         hint="regenerate the lock with 'cosyext lock' after changing patches")
-    upgrade = f" (replacing an older series of {len(record.names)} patches)" if reverted else ""
+    upgrade = (f" (replacing an older series of {len(record.names)} patches)" if reverted else
+               f" (finishing a partly applied series: {len(patched)} of them were patched already)" if partly else "")
     writes = {**{f: d for f, d in reverted.items() if f not in staged}, **staged}
     old = {**read_files(root, [f for f in writes if f not in current]), **current}
     writes = {f: d for f, d in writes.items() if d != old[f]}
@@ -298,15 +314,15 @@ def _revert(t: Target) -> Outcome:
     if not patched:
         applied.remove(root)
         return Outcome(f"nothing to revert: {root} is pristine upstream {commit.label}", [])
-    if len(patched) != len(files):
-        raise PatchConflict(f"only part of the series is applied in {root}: {', '.join(patched)}",
-                            hint=f"{_restore_hint(t)}, then revert again")
+    partly = len(patched) != len(files)  # (see _apply): reverse only the patched files
     current = read_files(root, files)
-    staged = stage_series(current, patches, root, reverse=True)
+    staged = stage_series(current, patches, root, reverse=True, only=patched if partly else None)
     bad = [f for f, data in staged.items() if not commit.files[f].matches(data)]
     if bad:
         raise VerificationError(f"reverting did not give pristine upstream for {', '.join(bad)}; nothing was written",
                                 hint=f"re-vendor with 'cosyext vendor DIR --rev {commit.name}'")
-    journal.commit(root, "revert", current, staged, record=None)
-    return Outcome(f"reverted {len(patches)} patches: {len(files)} file(s) restored to pristine upstream "
-                   f"{commit.label}", sorted(staged))
+    staged = {f: d for f, d in staged.items() if d != current[f]}
+    journal.commit(root, "revert", {f: current[f] for f in staged}, staged, record=None)
+    part = f" (the series was partly applied: {len(patched)} of {len(files)} file(s))" if partly else ""
+    return Outcome(f"reverted {len(patches)} patches: {len(staged)} file(s) restored to pristine upstream "
+                   f"{commit.label}{part}", sorted(staged))
