@@ -12,7 +12,6 @@ already holds it (flock locks belong to an open file, so a second open would wai
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import time
@@ -21,6 +20,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import EnvironmentProblem
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: commands run unlocked (see _acquire)
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("cosyvoice_ext")
 
@@ -55,6 +59,9 @@ def locked(root: Path, wait: float = WAIT_S, what: str = "cosyext") -> Iterator[
 
 
 def _acquire(root: Path, wait: float, what: str) -> int:
+    if fcntl is None:
+        log.warning("cosyext: this system cannot lock %s; make sure no other cosyext command works on it", root)
+        return -1
     try:
         fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as exc:
@@ -88,10 +95,13 @@ def _acquire(root: Path, wait: float, what: str) -> int:
 
 
 def is_locked(root: Path) -> bool:
-    """True when some process (this one included) holds the lock on `root` right now."""
+    """True when some process (this one included) holds the lock on `root` right now (or when this
+    system cannot tell, so that nothing in use is ever taken for a leftover)."""
     key = os.path.realpath(root)
     if key in _held:
         return True
+    if fcntl is None:
+        return True  # cannot tell: treat it as in use
     fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
