@@ -405,3 +405,17 @@ def test_tree_lock_is_reentrant_and_released(tmp_path):
             assert treelock.is_locked(tmp_path)
         assert treelock.is_locked(tmp_path)
     assert not treelock.is_locked(tmp_path)
+
+
+def test_a_journal_naming_a_path_outside_the_tree_is_refused(small, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    jdir = small / ".cosyext/journal"
+    (jdir / "new").mkdir(parents=True)
+    (jdir / "new/0").write_text("evil")
+    (jdir / "journal.json").write_text(json.dumps({"version": 1, "command": "apply-patches", "record": "remove",
+        "files": [{"path": "../outside.txt", "old_sha256": "0" * 64, "new_sha256": "1" * 64, "staged": "new/0",
+                   "backup": "old/0", "mode": 420}]}))
+    with pytest.raises(PatchConflict, match="leaves the tree"):
+        journal.recover(small)
+    assert outside.read_text() == "keep me" and (jdir / "journal.json").is_file()

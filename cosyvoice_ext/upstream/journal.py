@@ -289,6 +289,10 @@ def _load(jdir: Path) -> Journal:
                          str(e["backup"]), int(e["mode"])) for e in doc["files"]]
         if doc.get("version") != VERSION or doc["record"] not in ("write", "remove"):
             raise ValueError("unknown journal version")
+        for e in entries:  # a journal only ever names paths inside the tree and inside itself
+            for rel in (e.path, e.staged, e.backup):
+                if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in ("", "."):
+                    raise ValueError(f"path {rel!r} leaves the tree")
         return Journal(str(doc["command"]), entries, doc["record"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PatchConflict(f"{jdir / JOURNAL_FILE} cannot be read ({exc}); an interrupted cosyext command "
