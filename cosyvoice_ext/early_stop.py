@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from .config_keys import reject_unknown_keys
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 KEY = "early_stop"
 BEST_FILE = "best.yaml"
@@ -76,9 +76,33 @@ def write_best(model_dir: str | os.PathLike, best: dict) -> Path:
 
 
 def read_best(run_dir: str | os.PathLike) -> dict | None:
-    """The best pointer of a run directory, or None if training did not write one."""
+    """The best pointer of a run directory, or None if training did not write one.
+
+    A `best.yaml` that is not what :func:`write_best` writes (unreadable, not a mapping, no checkpoint
+    name, a non-numeric epoch or value) is a UsageError naming the file: export must not guess.
+    Returns ``checkpoint`` (str), ``epoch`` (int, -1 when absent) and ``value`` (float or None).
+    """
     path = Path(run_dir) / BEST_FILE
     if not path.is_file():
         return None
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return doc if isinstance(doc, dict) and "checkpoint" in doc else None
+    hint = f"remove {path} to export the latest epoch, or pass --checkpoint FILE"
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} is not readable YAML ({first})", hint=hint) from exc
+    checkpoint = doc.get("checkpoint") if isinstance(doc, dict) else None
+    if not isinstance(checkpoint, str) or not checkpoint.strip():
+        raise UsageError(f"{path} does not name a checkpoint (early stopping writes 'checkpoint: epoch_N_whole.pt'"
+                         f"; found {_short(doc)})", hint=hint)
+    epoch, value = doc.get("epoch", -1), doc.get("value")
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise UsageError(f"{path}: epoch must be an integer, got {_short(epoch)}", hint=hint)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UsageError(f"{path}: value must be a number, got {_short(value)}", hint=hint)
+    return {**doc, "checkpoint": checkpoint, "epoch": epoch, "value": None if value is None else float(value)}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -303,7 +303,8 @@ def test_export_serve_refuses_a_pretrained_dir_of_the_other_family(cv3, cv3_tree
 
 
 def test_check_pretrained_knows_both_families(tmp_path):
-    from cosyvoice_ext import family, serve
+    from cosyvoice_ext import family
+    from cosyvoice_ext.lora.export import serve
 
     for fam in ("cosyvoice2", "cosyvoice3"):
         d = tmp_path / fam
@@ -325,3 +326,53 @@ def test_check_pretrained_knows_both_families(tmp_path):
     with pytest.raises(UsageError, match="not a CosyVoice2 or CosyVoice3 pretrained directory "
                                          r"\(no cosyvoice2.yaml or cosyvoice3.yaml; also missing llm.pt"):
         serve.check_pretrained(tmp_path / "none")
+
+
+# --- issue 10: nothing lost, nothing silent (the unit-tier cases are in test_data_safety.py) ---------------
+
+
+def test_export_over_the_base_is_refused_and_later_exports_still_work(ws, tmp_path, capsys):
+    """`-o pretrained/llm.pt` used to overwrite the base; every later export then failed its sha256 check."""
+    from cosyvoice_ext.cli import main
+    from tests.helpers import tree_digest
+
+    pre = _pretrained_dir(tmp_path / "CosyVoice2-0.5B", "cosyvoice2", ws)
+    before = tree_digest(pre)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_epoch(run, lora_model(ws, "llm", seed=5), 0, 0.5)
+    common = ["export", "--model", "llm", "--run", str(run), "--config", str(ws.config), "--base", str(pre / "llm.pt")]
+    assert main([*common, "-o", str(pre / "llm.pt")]) == 2
+    assert "which is --base" in capsys.readouterr().err
+    assert main([*common, "--serve", str(pre), "-o", str(pre / "voice")]) == 2  # used to make pre/voice/voice -> itself
+    assert "inside --serve" in capsys.readouterr().err
+    assert tree_digest(pre) == before and not (pre / "voice").exists()
+    link = tmp_path / "link.pt"
+    link.symlink_to(pre / "llm.pt")  # a link at -o is replaced by the rename, never written through
+    assert main([*common, "-o", str(link)]) == 0
+    assert not link.is_symlink() and tree_digest(pre) == before
+    assert main([*common, "-o", str(tmp_path / "ok.pt")]) == 0  # the base is intact: its sha256 still matches
+    fresh = load_configs(ws, "llm", seed=2)["llm"]
+    fresh.load_state_dict(checkpoints.load(tmp_path / "ok.pt"), strict=True)
+
+
+def test_export_refuses_nan_or_inf_weights_naming_the_tensor(ws, tmp_path):
+    model = lora_model(ws, "flow", seed=6)
+    key = next(n for n, _ in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        dict(model.named_parameters())[key][0, 0] = float("nan")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_epoch(run, model, 0, 0.5)
+    with pytest.raises(CheckpointError, match=rf"adapter {run / 'epoch_0_whole.pt'}: tensor \S*lora_B\S* holds 1 NaN "
+                                              r"value\(s\) of \d+; refusing to export non-finite weights"):
+        export_mod.export(model="flow", config=ws.config, out=tmp_path / "x.pt", run_dir=run, base=ws.base["flow"],
+                          progress=lambda m: None)
+    state = checkpoints.load(ws.base["flow"])
+    name = next(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    state[name] = state[name].clone().fill_(float("inf"))
+    torch.save(state, tmp_path / "inf.pt")  # a full (merged) checkpoint
+    with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path / 'inf.pt'}: tensor {name} holds \d+ Inf value"):
+        export_mod.export(model="flow", config=ws.config, out=tmp_path / "y.pt", checkpoint=tmp_path / "inf.pt",
+                          progress=lambda m: None)
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()

@@ -1,4 +1,5 @@
-"""`cosyext export`: merge LoRA training checkpoints into a stock llm.pt / flow.pt."""
+"""`cosyext export`: merge LoRA training checkpoints into a stock llm.pt / flow.pt (the arguments only;
+the work is in :mod:`cosyvoice_ext.lora.export`)."""
 
 from __future__ import annotations
 
@@ -62,56 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ..lora.export import Request, run as export
 
-    from ..errors import UsageError
-    from ..lora.export import add_upstream_to_path, export
-
-    if not args.serve and (args.speaker_data or args.speaker or args.speaker_name or args.copy):
-        raise UsageError("--speaker-data/--speaker/--speaker-name/--copy only apply with --serve PRETRAINED_DIR")
-    out = args.output  # a str: a trailing '/' means "a directory", which Path would drop
-    check_stock = None
-    if args.serve:
-        from .. import serve
-
-        pretrained = Path(args.serve).expanduser().resolve()
-        fam = serve.check_pretrained(pretrained)
-        out = Path(out)
-        if out.resolve() == pretrained:
-            raise UsageError("-o must be a new model directory, not the pretrained one (it is never modified)")
-        if args.speaker_data:  # validate before the slow merge
-            spk, embedding = serve.speaker_embedding(Path(args.speaker_data), args.speaker)
-        out = out / f"{args.model}.pt"  # export creates the directory once the model checks out
-
-        def check_stock(stock) -> None:  # the merged file must fit the yaml of the model dir it goes into
-            from ..lora.targets import describe_model, model_family
-
-            got = model_family(stock)
-            if got is not None and got is not fam:  # a class no family claims: the user knows their model
-                raise UsageError(f"--config {args.config} builds {describe_model(stock)} but --serve {pretrained} is "
-                                 f"a {fam.inference_class} model dir ({fam.config_name})",
-                                 hint="pass the pretrained dir of the family the run trained "
-                                 "(CosyVoice2-0.5B for CosyVoice2 configs, Fun-CosyVoice3-0.5B for CosyVoice3)")
-    add_upstream_to_path(args.upstream)
-    written = export(model=args.model, config=args.config, out=out, base=args.base, checkpoint=args.checkpoint,
-                     run_dir=args.run, average_n=args.average, val_best=args.val_best,
-                     qwen_pretrain_path=args.qwen_pretrain_path, progress=lambda msg: print(msg, file=sys.stderr),
-                     check_stock=check_stock)
-    if args.serve:
-        model_dir = written.parent
-        linked = serve.link_pretrained(pretrained, model_dir, copy=args.copy,
-                                       keep=(f"{args.model}.pt", serve.SPK2INFO))
-        print(f"{'copied' if args.copy else 'linked'} {len(linked)} pretrained file(s) into {model_dir}",
-              file=sys.stderr)
-        if args.speaker_data:
-            name = args.speaker_name or spk
-            serve.register_speaker(pretrained, model_dir, name, embedding)
-            serve.write_speaker_config(model_dir, name, args.description,
-                                       {m: f"{m}.pt" for m in ("llm", "flow") if (model_dir / f"{m}.pt").exists()},
-                                       family=fam.name)
-            print(f"registered speaker {name!r} in {model_dir / serve.SPK2INFO} and {serve.SPEAKER_CONFIG}",
-                  file=sys.stderr)
-        elif not (model_dir / serve.SPK2INFO).exists():
-            serve.link_pretrained(pretrained, model_dir, copy=args.copy)
-        print(f"serve with: {fam.inference_class}('{model_dir}')")
+    result = export(Request(
+        model=args.model, config=args.config, output=args.output, run_dir=args.run, checkpoint=args.checkpoint,
+        base=args.base, average=args.average, val_best=args.val_best, qwen_pretrain_path=args.qwen_pretrain_path,
+        upstream=args.upstream, serve=args.serve, copy=args.copy, speaker_data=args.speaker_data,
+        speaker=args.speaker, speaker_name=args.speaker_name, description=args.description),
+        progress=lambda msg: print(msg, file=sys.stderr))
+    if result.model_dir is not None:
+        print(f"serve with: {result.inference_class}('{result.model_dir}')")
     return 0

@@ -100,6 +100,22 @@ def check_same_model(ad: AdapterCheckpoint, model: Any, source: str) -> None:
             hint="use the config (and base checkpoint) the adapter was trained with")
 
 
+def check_model_name(ad: AdapterCheckpoint, model: str, source: str) -> None:
+    """A flow adapter is not an llm export (nor the reverse): the model the adapter records decides.
+
+    Caught before any model is built, so the message names the mismatch instead of a base checkpoint
+    that "does not load strictly".
+    """
+    recorded = ad.meta.get("model") or ad.settings.model
+    if recorded == model:
+        return
+    cls = ad.meta.get("model_class")
+    trained_on = f" (trained on {cls.rsplit('.', 1)[-1]})" if isinstance(cls, str) and cls else ""
+    raise CheckpointError(
+        f"adapter {source} is a {recorded} adapter: it records model {recorded!r}{trained_on}, "
+        f"but --model {model} was given", hint=f"export it with --model {recorded}, or pass a {model} checkpoint")
+
+
 def _plain_losses(loss_dict: Any) -> dict | None:
     if not isinstance(loss_dict, Mapping):
         return None
