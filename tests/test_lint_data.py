@@ -265,3 +265,35 @@ def test_text_token_counts_match_transformers(qwen_tok):
     fast, slow = qwen_counter(qwen_tok), qwen_counter(qwen_tok, via_transformers=True)
     assert fast(texts) == slow(texts)
     assert fast(["[breath]"]) == [1]
+
+
+# --- data that yields nothing ------------------------------------------------------------------
+
+def _zero_row_shard(tmp_path: Path) -> Path:
+    import pyarrow.parquet as pq
+
+    real = write_parquet_dataset(tmp_path / "data", 2, seed=1)
+    shard = Path(real.read_text().split()[0])
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(shard).slice(0, 0), empty)  # the real schema, no rows
+    return empty
+
+
+@pytest.mark.parametrize("case, says", [
+    ("empty list", "it lists no shards"),
+    ("missing shards", "none of its 2 entries can be opened"),
+    ("zero-row shard", "its 1 readable shard(s) hold zero rows"),
+])
+def test_data_that_yields_no_utterance_is_an_error(case, says, tmp_path, qwen_tok, capsys, cli_pm):
+    """Not "0/0 utterances kept": train.py would start and train on nothing, so it is an error."""
+    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen_tok)
+    lst = tmp_path / "data.list"
+    lst.write_text({"empty list": "\n",
+                    "missing shards": f"{tmp_path / 'gone-0.parquet'}\n{tmp_path / 'gone-1.parquet'}\n",
+                    "zero-row shard": f"{_zero_row_shard(tmp_path)}\n" if case == "zero-row shard" else ""}[case])
+    rc, out = _lint_json(capsys, cfg, "--data", lst, "--model", "llm")
+    cx600 = [f for f in out["findings"] if f["code"] == "CX600"]
+    assert rc == 1 and len(cx600) == 1 and cx600[0]["severity"] == "error", out["findings"]
+    assert "yields no utterances" in cx600[0]["message"] and says in cx600[0]["message"]
+    assert not any(f["code"] in ("CX607", "CX602", "CX603") for f in out["findings"])  # no "0/0 kept", no noise
+    assert out["data"][str(cfg)]["total"] == 0

@@ -109,10 +109,9 @@ def run_rule(args: argparse.Namespace) -> int:
     registry = collect()
     if args.list or not args.code:
         if args.format == "markdown":
-            print("| Code | Name | Severity | What it catches |\n|---|---|---|---|")
-            for rule in registry.sorted():
-                data = " (`--data`)" if rule.needs_data else ""
-                print(f"| {rule.code} | {rule.name} | {rule.severity} | {rule.summary}{data} |")
+            from ..lint.docs import table
+
+            sys.stdout.write(table(registry.sorted()))
         else:
             for rule in registry.sorted():
                 print(f"{rule.code}  {rule.name:28s} {rule.severity:8s} {rule.summary}")
@@ -126,8 +125,8 @@ def run_rule(args: argparse.Namespace) -> int:
            f"What: {rule.summary}"]
     if rule.needs_data:
         out.append("Runs only in data-aware mode (--data).")
-    if rule.why:
-        out += ["", f"Why: {rule.why}"]
+    if rule.doc:
+        out += ["", "Why:", *("    " + line if line else "" for line in rule.doc.splitlines())]
     if rule.example:
         out += ["", "Example (flagged):", *("    " + line for line in rule.example.splitlines())]
     if rule.fix:

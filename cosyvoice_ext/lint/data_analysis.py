@@ -31,6 +31,7 @@ from .simulate import DROP_REASONS, Corpus, EpochResult, Unsupported, run_epoch
 from .yamlpos import YMap, YSeq
 
 MAX_SIMULATED_SAMPLES = 2_000_000  # samples x epochs replayed before we extrapolate
+WARMUPLR_DEFAULT = 25000  # cosyvoice.utils.scheduler.WarmupLR(warmup_steps=25000), both supported commits
 
 
 @dataclass
@@ -177,6 +178,18 @@ class DataAnalysis:
     features: FeatureStats | None = None  # set as soon as the shards are read (even if the replay fails)
     alignment: Alignment | None = None  # a num_frames compute_fbank with precomputed tokens
     online: bool = False  # replayed as online feature extraction (--onnx-path DIR): empty tokens are kept
+    entries: int = 0  # non-blank lines of the data list
+    readable_shards: int = 0
+
+    def no_utterances(self) -> str | None:
+        """Why the data list yields no utterance at all (None when it yields some, or was not read)."""
+        if self.error or self.total:
+            return None
+        if not self.entries:
+            return "it lists no shards"
+        if not self.readable_shards:
+            return f"none of its {self.entries} entries can be opened (e.g. {self.unreadable_shards[:2]})"
+        return f"its {self.readable_shards} readable shard(s) hold zero rows"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -370,6 +383,13 @@ def _flow_ratio(doc: Document) -> int | None:
     return None
 
 
+def _whole(v: Any) -> int | None:
+    """An integer >= 1, also when written as a whole float (upstream's modulo treats 2.0 like 2)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or not float(v).is_integer():
+        return None
+    return int(v)
+
+
 def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep_half: bool = False,
              can_go_online: bool = False) -> None:
     use_cache = getattr(opts, "use_cache", True)
@@ -397,14 +417,16 @@ def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep
     if isinstance(nf, int) and nf > 0 and ratio and len(corpus.no_token_column) < len(corpus.utt):
         a.alignment = Alignment(nf, ratio)  # the data's own tokens are used (with --onnx_path DIR too)
     a.total = len(corpus.utt)
-    acc = doc.value("train_conf", "accum_grad", default=1)
-    a.accum_grad = acc if isinstance(acc, int) and not isinstance(acc, bool) and acc >= 1 else 1
-    li = doc.value("train_conf", "log_interval")
-    a.log_interval = li if isinstance(li, int) and not isinstance(li, bool) and li >= 1 else None
+    a.entries = sum(1 for src in shards_read[0] if src)
+    a.readable_shards = len(shards_read[1])
+    a.accum_grad = _whole(doc.value("train_conf", "accum_grad", default=1)) or 1  # 2.0 steps like 2 upstream
+    a.log_interval = _whole(doc.value("train_conf", "log_interval"))
     me = doc.value("train_conf", "max_epoch", default=1)
     a.max_epoch = me if isinstance(me, int) and not isinstance(me, bool) and me >= 1 else 1
     if doc.value("train_conf", "scheduler") in ("warmuplr", "NoamHoldAnnealing"):
         w = doc.value("train_conf", "scheduler_conf", "warmup_steps")
+        if w is None and doc.value("train_conf", "scheduler") == "warmuplr":
+            w = WARMUPLR_DEFAULT  # WarmupLR's own default when scheduler_conf leaves it out
         a.warmup_steps = w if isinstance(w, (int, float)) and not isinstance(w, bool) else None
     a.seed = config_seed(doc)
     if a.seed is None:

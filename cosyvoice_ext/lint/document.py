@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .yamlpos import Parsed, Pos, YMap, YNode, YScalar, YSeq, parse
+from .yamlpos import Parsed, Pos, YMap, YNode, YScalar, YSeq, parse, walk
 
 REF = re.compile(r"<([^<>]*)>")
 SUPPRESS = re.compile(r"#\s*cosyext:\s*disable=([A-Za-z0-9_, ]+)")
@@ -31,6 +31,7 @@ class Document:
     text: str
     parsed: Parsed
     _suppress: dict[int, set[str]] = field(default_factory=dict)
+    _nodes: list[tuple[tuple, YNode]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_text(cls, text: str, path: str | Path = "<string>") -> "Document":
@@ -46,6 +47,13 @@ class Document:
     @property
     def dir(self) -> Path:
         return self.path.parent
+
+    def nodes(self) -> list[tuple[tuple, YNode]]:
+        """Every (key path, node) of the document, as :func:`yamlpos.walk` yields them; walked once and
+        shared by the rules (several walk the whole tree)."""
+        if self._nodes is None:
+            self._nodes = list(walk(self.root))
+        return self._nodes
 
     # --- lookup -----------------------------------------------------------------------------
     def node(self, *path: str | int) -> YNode | None:

@@ -17,6 +17,7 @@ from ..errors import UsageError
 from .document import Document, position
 from .registry import RuleRegistry
 from .rule import Issue, LintContext, Rule
+from .yamlpos import gc_paused
 
 INTERNAL = "CX000"
 
@@ -102,6 +103,11 @@ def read_config(path: Path) -> Document:
 
 
 def lint_document(doc: Document, registry: RuleRegistry, opts: Options) -> FileResult:
+    with gc_paused():  # the rules allocate per node; see yamlpos.gc_paused
+        return _lint_document(doc, registry, opts)
+
+
+def _lint_document(doc: Document, registry: RuleRegistry, opts: Options) -> FileResult:
     cfg_select, cfg_ignore = _config_selection(doc) if doc.root is not None else (None, [])
     select = _norm(opts.select) if opts.select is not None else cfg_select
     ignore = _norm(opts.ignore) + cfg_ignore

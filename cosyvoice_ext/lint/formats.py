@@ -142,7 +142,7 @@ def _sarif(results: list[FileResult], registry: RuleRegistry) -> str:
     rules = [{
         "id": r.code, "name": r.name,
         "shortDescription": {"text": r.summary},
-        "fullDescription": {"text": r.why or r.summary},
+        "fullDescription": {"text": r.doc or r.summary},
         "help": {"text": r.fix or r.summary},
         "defaultConfiguration": {"level": level[r.severity]},
     } for r in registry.sorted()]

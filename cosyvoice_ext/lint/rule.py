@@ -19,6 +19,7 @@ Register rules from a plugin::
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -69,7 +70,9 @@ class LintContext:
 
 @dataclass(frozen=True)
 class Rule:
-    """A lint rule. ``why``/``example``/``fix`` are what `cosyext rule CODE` prints."""
+    """A lint rule. Its documentation is the check function's docstring (what goes wrong upstream and
+    why; ``why`` only for a check without one); ``doc``, ``example`` and ``fix`` are what
+    `cosyext rule CODE` and docs/lint.md print."""
 
     code: str
     name: str
@@ -81,3 +84,9 @@ class Rule:
     fix: str = ""
     needs_data: bool = False  # runs only with --data
     uses_data: bool = False  # runs without --data too, but reads ctx.data when it is there
+
+    @property
+    def doc(self) -> str:
+        """The rule's documentation: the check's docstring, else ``why``."""
+        own = self.check.__doc__ if inspect.isfunction(self.check) or inspect.ismethod(self.check) else None
+        return inspect.cleandoc(own or self.why or "").strip()

@@ -109,6 +109,8 @@ class Signature:
 
     params: tuple[str, ...] = ()
     any_kw: bool = True  # unknown (an imported or assigned name) accepts anything
+    #: parameters without a default (a call without them is a TypeError); () when unknown
+    required: tuple[str, ...] = ()
 
     def accepts(self, name: str) -> bool:
         return self.any_kw or name in self.params
@@ -116,10 +118,13 @@ class Signature:
 
 def _sig(fn: ast.FunctionDef | ast.AsyncFunctionDef, skip_self: bool) -> Signature:
     a = fn.args
-    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    positional = [x.arg for x in (*a.posonlyargs, *a.args)]
+    required = positional[:len(positional) - len(a.defaults)]
+    required += [x.arg for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
+    names = [*positional, *(x.arg for x in a.kwonlyargs)]
     if skip_self and names:
-        names = names[1:]
-    return Signature(tuple(names), any_kw=a.kwarg is not None)
+        names, required = names[1:], [r for r in required if r != names[0]]
+    return Signature(tuple(names), any_kw=a.kwarg is not None, required=tuple(required))
 
 
 def _definitions(text: str) -> dict[str, Signature]:
@@ -166,6 +171,14 @@ class Upstream:
     symbols: Symbols | None = field(default=None, compare=False)
     #: the shuffle stage yields half its buffer and keeps the rest (2026) instead of all of it (2025)
     shuffle_keeps_half: bool | None = None
+    #: train.py's --qwen_pretrain_path override must match a config key (2026); the 2025 train.py retries
+    #: the load without it. None: not known
+    qwen_override_strict: bool | None = None
+
+    @property
+    def qwen_key_required(self) -> bool | None:
+        """Whether a config without ``qwen_pretrain_path`` fails when train.py gets --qwen_pretrain_path."""
+        return self.qwen_override_strict if self.qwen_override_strict is not None else self.onnx_flag
 
     @property
     def keeps_half(self) -> bool:
@@ -213,6 +226,26 @@ def _shuffle_keeps_half(processor_py: Path) -> bool | None:
                and any(isinstance(t, ast.Name) and t.id == "buf" for t in n.targets) for n in ast.walk(fn))
 
 
+def _qwen_override_strict(train_text: str) -> bool | None:
+    """ace7c47's train.py adds ``override_dict['qwen_pretrain_path']`` when the flag is given, and
+    HyperPyYAML refuses an override without a matching key; 44316c34's loads inside a ``try`` and, on
+    any error, loads again without that override."""
+    try:
+        tree = ast.parse(train_text)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "qwen_pretrain_path"
+                for t in node.targets):
+            return True
+        if isinstance(node, ast.Try) and node.handlers and any(
+                isinstance(n, ast.Constant) and n.value == "qwen_pretrain_path"
+                for stmt in node.body for n in ast.walk(stmt)):
+            return False
+    return None
+
+
 def read_upstream(path: Path) -> Upstream:
     """Read ``DIR/cosyvoice/bin/train.py`` as text (never imported) to learn what it accepts."""
     root = Path(path).expanduser()
@@ -224,7 +257,7 @@ def read_upstream(path: Path) -> Upstream:
     flag = "--onnx_path" in text
     empty = _empty_means_precomputed(root / "cosyvoice" / "utils" / "onnx.py") if flag else None
     return Upstream(flag, f"read from {train}", root, empty, Symbols(root),
-                    _shuffle_keeps_half(root / "cosyvoice" / "dataset" / "processor.py"))
+                    _shuffle_keeps_half(root / "cosyvoice" / "dataset" / "processor.py"), _qwen_override_strict(text))
 
 
 def infer_upstream(doc: Document, cfam: ConfigFamily) -> Upstream:

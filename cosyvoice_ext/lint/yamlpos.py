@@ -8,9 +8,11 @@ float), which is what HyperPyYAML users get at train time.
 
 from __future__ import annotations
 
+import gc
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import yaml
 
@@ -21,6 +23,7 @@ except AttributeError:  # pragma: no cover
 
 # HyperPyYAML tags whose suffix names a Python object: "!new:pkg.Cls" -> ("new", "pkg.Cls")
 CALL_TAG = re.compile(r"^!(new|name|apply|module|include):(.*)$")
+_CALL_INITIALS = frozenset("nami")  # first letters of those kinds: `!ref` tags skip the regex
 
 _INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*)$")
 _HEX = re.compile(r"^0x[0-9a-fA-F_]+$")
@@ -31,9 +34,9 @@ _BOOL = {"true": True, "false": False}
 _NULL = {"", "~", "null", "Null", "NULL"}
 
 
-@dataclass(frozen=True)
-class Pos:
-    """1-based line and column, as editors and SARIF count them."""
+class Pos(NamedTuple):
+    """1-based line and column, as editors and SARIF count them (a tuple: every node has two, and
+    building them is a good part of parsing a large config)."""
 
     line: int
     col: int
@@ -50,11 +53,10 @@ class YNode:
     @property
     def call(self) -> tuple[str, str] | None:
         """``("name", "cosyvoice.dataset.processor.filter")`` for a HyperPyYAML call tag."""
-        if self.tag:
-            m = CALL_TAG.match(self.tag)
-            if m:
-                return m.group(1), m.group(2)
-        return None
+        if not self.tag or self.tag[1:2] not in _CALL_INITIALS:
+            return None
+        m = CALL_TAG.match(self.tag)
+        return (m.group(1), m.group(2)) if m else None
 
 
 @dataclass(eq=False)
@@ -73,23 +75,33 @@ class YScalar(YNode):
 @dataclass(eq=False)
 class YMap(YNode):
     items: list[tuple[YScalar | YNode, YNode]] = field(default_factory=list)
+    # key -> (first key node, last value node), built on first lookup: a linear scan per lookup made
+    # `!ref` resolution quadratic in the number of keys (a 1 MB config took a minute)
+    _index: dict[str, tuple[YScalar, YNode]] | None = field(default=None, init=False, repr=False)
+    _indexed: int = field(default=-1, init=False, repr=False)
+
+    def _lookup(self) -> dict[str, tuple[YScalar, YNode]]:
+        if self._index is None or self._indexed != len(self.items):  # rebuilt if items were appended
+            index: dict[str, tuple[YScalar, YNode]] = {}
+            for k, v in self.items:
+                if isinstance(k, YScalar):
+                    first = index.get(k.raw)
+                    index[k.raw] = (first[0] if first else k, v)
+            self._index, self._indexed = index, len(self.items)
+        return self._index
 
     def keys(self) -> list[str]:
         return [k.raw for k, _ in self.items if isinstance(k, YScalar)]
 
     def get(self, key: str) -> YNode | None:
         """The value node of the *last* occurrence (what ruamel would raise on, we report)."""
-        found = None
-        for k, v in self.items:
-            if isinstance(k, YScalar) and k.raw == key:
-                found = v
-        return found
+        hit = self._lookup().get(key)
+        return hit[1] if hit else None
 
     def key_node(self, key: str) -> YScalar | None:
-        for k, _ in self.items:
-            if isinstance(k, YScalar) and k.raw == key:
-                return k
-        return None
+        """The key node of the *first* occurrence."""
+        hit = self._lookup().get(key)
+        return hit[0] if hit else None
 
 
 @dataclass(eq=False)
@@ -181,8 +193,27 @@ class _Converter:
         return mapping
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building hundreds of thousands of nodes (none of them
+    garbage) otherwise triggers full collections that each walk every node built so far, which
+    made parsing and linting a 10 MB config several times slower than its own work."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def parse(text: str) -> Parsed:
     """Compose ``text`` into position-carrying nodes. Never raises on bad YAML: problems are returned."""
+    with gc_paused():
+        return _parse(text)
+
+
+def _parse(text: str) -> Parsed:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

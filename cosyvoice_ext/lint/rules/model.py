@@ -81,6 +81,8 @@ def _rate_pair(ctx: LintContext) -> tuple[Any, Any, YNode | None, YNode | None]:
 
 
 def _alignment(ctx: LintContext) -> Iterator[Issue]:
+    """The flow upsamples speech tokens by token_mel_ratio to the mel frame rate sample_rate/hop_size; if they differ,
+    targets and inputs are misaligned (CosyVoice2: 24000/480 = 50 = 25 x 2)."""
     if "flow" not in ctx.models():
         return
     feat = _feat(ctx)
@@ -96,7 +98,14 @@ def _alignment(ctx: LintContext) -> Iterator[Issue]:
                     at=feat.get("hop_size") or feat, fix=f"hop_size: {sr / (tfr * tmr):g} (CosyVoice2: 24000/480 = 25 x 2)")
 
 
+def _same_ref_fix(node: YNode | None, key: str, fix: str, other_side: str) -> str:
+    """`fix` (point this value at `key`), unless it already is `!ref <key>`: then the other side is wrong."""
+    already = isinstance(node, YScalar) and node.tag in ("!ref", "!copy") and node.raw.strip() == f"<{key}>"
+    return other_side if already else fix
+
+
 def _resample(ctx: LintContext) -> Iterator[Issue]:
+    """Audio is resampled to resample_rate and then analysed as if it were at the feature extractor's rate."""
     st = find(stages(ctx.doc, "data_pipeline"), "resample")
     feat = _feat(ctx)
     if st is None or feat is None:
@@ -106,10 +115,14 @@ def _resample(ctx: LintContext) -> Iterator[Issue]:
     if isinstance(rate, (int, float)) and fsr and rate != fsr:
         yield Issue(f"resample_rate {rate:g} differs from feat_extractor sampling_rate {fsr:g}: mels are computed "
                     "with the wrong filterbank and frame rate", at=st.param_node(ctx.doc, "resample_rate") or st.item,
-                    fix=f"resample_rate: !ref <sample_rate> (= {fsr:g})")
+                    fix=_same_ref_fix(st.param_node(ctx.doc, "resample_rate"), "sample_rate",
+                                      f"resample_rate: !ref <sample_rate> (= {fsr:g})",
+                                      f"feat_extractor sampling_rate: !ref <sample_rate> (= {rate:g})"))
 
 
 def _fbank_ratio(ctx: LintContext) -> Iterator[Issue]:
+    """compute_fbank trims features to token_mel_ratio x tokens; a different ratio than the flow uses misaligns every
+    sample."""
     st = find(stages(ctx.doc, "data_pipeline"), "compute_fbank")
     if st is None or not st.has_param("token_mel_ratio"):
         return
@@ -118,10 +131,13 @@ def _fbank_ratio(ctx: LintContext) -> Iterator[Issue]:
     if isinstance(r, (int, float)) and r and tmr and r != tmr:
         yield Issue(f"compute_fbank token_mel_ratio {r:g} differs from the model's token_mel_ratio {tmr:g}: "
                     "features are trimmed to the wrong length", at=st.param_node(ctx.doc, "token_mel_ratio"),
-                    fix="token_mel_ratio: !ref <token_mel_ratio>")
+                    fix=_same_ref_fix(st.param_node(ctx.doc, "token_mel_ratio"), "token_mel_ratio",
+                                      "token_mel_ratio: !ref <token_mel_ratio>",
+                                      "flow token_mel_ratio: !ref <token_mel_ratio>, the same value for both"))
 
 
 def _truncate(ctx: LintContext) -> Iterator[Issue]:
+    """Upstream's own comment: truncated audio must cover whole mel frames."""
     st = find(stages(ctx.doc, "data_pipeline_gan"), "truncate") or find(stages(ctx.doc, "data_pipeline"), "truncate")
     feat = _feat(ctx)
     if st is None or feat is None:
@@ -133,6 +149,8 @@ def _truncate(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _hidden(ctx: LintContext) -> Iterator[Issue]:
+    """Qwen2LM projects between the Qwen hidden states and its own embeddings with these sizes; a mismatch fails with a
+    shape error at the first batch."""
     if "llm" not in ctx.models():
         return
     qwen = ctx.options.get("qwen_pretrain_path") or ctx.doc.value("qwen_pretrain_path")
@@ -173,6 +191,7 @@ def _node_for(ctx: LintContext, dotted: str) -> YNode | None:
 
 
 def _schema(ctx: LintContext) -> Iterator[Issue]:
+    """The LoRA plugin validates the same schema at train start; lint finds it before you book a GPU."""
     root_node = ctx.doc.node("cosyext")
     if root_node is None:
         return
@@ -206,6 +225,7 @@ def _schema(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _unknown(ctx: LintContext) -> Iterator[Issue]:
+    """A misspelled LoRA key (rank:, dropuot:) would be refused by the plugin at train start."""
     sec = _section(ctx)
     if sec is None:
         return
@@ -229,6 +249,8 @@ def _unknown(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _targets(ctx: LintContext) -> Iterator[Issue]:
+    """A regex must match the full module name; a list entry must be a module name or dotted suffix. cosyext checks
+    against the real model at train time; lint checks typical names early."""
     sec = _section(ctx)
     if sec is None:
         return
@@ -265,39 +287,27 @@ def _targets(ctx: LintContext) -> Iterator[Issue]:
 RULES = [
     Rule("CX301", "mel-token-alignment", "error", "Mel frame rate != token_frame_rate x token_mel_ratio (flow).",
          _alignment,
-         why="The flow upsamples speech tokens by token_mel_ratio to the mel frame rate sample_rate/hop_size; "
-             "if they differ, targets and inputs are misaligned (CosyVoice2: 24000/480 = 50 = 25 x 2).",
          example="feat_extractor: !name:matcha.utils.audio.mel_spectrogram\n  sampling_rate: 24000\n  hop_size: 256",
          fix="hop_size = sample_rate / (token_frame_rate x token_mel_ratio)."),
     Rule("CX302", "resample-vs-feature-rate", "error", "resample_rate differs from feat_extractor's sampling_rate.",
          _resample,
-         why="Audio is resampled to resample_rate and then analysed as if it were at the feature extractor's rate.",
          example="resample: !name:cosyvoice.dataset.processor.resample\n  resample_rate: 22050",
          fix="resample_rate: !ref <sample_rate>."),
     Rule("CX303", "fbank-token-ratio", "error", "compute_fbank token_mel_ratio differs from the model's.", _fbank_ratio,
-         why="compute_fbank trims features to token_mel_ratio x tokens; a different ratio than the flow uses "
-             "misaligns every sample.",
          example="compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank\n  token_mel_ratio: 3",
          fix="token_mel_ratio: !ref <token_mel_ratio>."),
     Rule("CX304", "truncate-hop", "warning", "truncate_length is not a multiple of hop_size.", _truncate,
-         why="Upstream's own comment: truncated audio must cover whole mel frames.",
          example="truncate: !name:cosyvoice.dataset.processor.truncate\n  truncate_length: 24100",
          fix="Round truncate_length down to a multiple of hop_size."),
     Rule("CX305", "llm-hidden-size", "error", "llm_input_size/llm_output_size differ from the Qwen model's hidden size.",
          _hidden,
-         why="Qwen2LM projects between the Qwen hidden states and its own embeddings with these sizes; a "
-             "mismatch fails with a shape error at the first batch.",
          example="llm: !new:cosyvoice.llm.llm.Qwen2LM\n  llm_input_size: 1024   # Qwen2-0.5B has 896",
          fix="Set both to the Qwen config.json hidden_size."),
     Rule("CX401", "cosyext-schema", "error", "A value in the cosyext: section has the wrong type or range.", _schema,
-         why="The LoRA plugin validates the same schema at train start; lint finds it before you book a GPU.",
          example="cosyext:\n  llm:\n    r: 0\n    dropout: 1.5", fix="r: int > 0, alpha > 0, 0 <= dropout < 1, "
          "target_modules: preset/regex/list, checkpoint_format: adapter|merged."),
     Rule("CX402", "cosyext-unknown-key", "error", "An unknown key in the cosyext: section (with a suggestion).", _unknown,
-         why="A misspelled LoRA key (rank:, dropuot:) would be refused by the plugin at train start.",
          example="cosyext:\n  llm:\n    rank: 16", fix="Use the suggested key."),
     Rule("CX403", "cosyext-targets", "warning", "target_modules names no usual Linear module of the model.", _targets,
-         why="A regex must match the full module name; a list entry must be a module name or dotted suffix. "
-             "cosyext checks against the real model at train time; lint checks typical names early.",
          example="cosyext:\n  llm:\n    target_modules: [q_prj]", fix="Use a preset or the suggested name."),
 ]

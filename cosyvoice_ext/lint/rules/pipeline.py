@@ -46,9 +46,13 @@ def _stage(ctx: LintContext, func: str) -> Stage | None:
 
 
 def _token_bounds(ctx: LintContext) -> Iterator[Issue]:
+    """filter() compares the number of TEXT tokens (from the Qwen tokenizer) with token_min_length/token_max_length.
+    With token_max_length: 0 nothing survives, an epoch is one empty step and no loss is ever printed: the seed's
+    lost days."""
     st = _stage(ctx, "filter")
     if st is None:
         return
+    yield from _not_numbers(ctx, st, ("token_max_length", "token_min_length"))
     hi, lo = _num(st.param(ctx.doc, "token_max_length")), _num(st.param(ctx.doc, "token_min_length"))
     if hi is not None and hi <= 0:
         yield Issue(f"filter token_max_length is {hi}: every sample has at least one text token, so the filter "
@@ -59,21 +63,38 @@ def _token_bounds(ctx: LintContext) -> Iterator[Issue]:
                     at=_at(ctx, st, "token_max_length"), fix="make token_max_length >= token_min_length")
 
 
+def _not_numbers(ctx: LintContext, st: Stage, names: tuple[str, ...]) -> Iterator[Issue]:
+    for name in names:
+        if st.has_param(name) and _num(st.param(ctx.doc, name)) is None:
+            yield Issue(f"filter {name} is {st.param(ctx.doc, name)!r}, not a number: filter() compares every "
+                        "utterance with it (TypeError in the data loader)", at=_at(ctx, st, name),
+                        fix=f"{name}: a number, unquoted")
+
+
 def _frame_bounds(ctx: LintContext) -> Iterator[Issue]:
+    """max_length/min_length are in 10 ms frames; if max <= min (or the ratio bounds cross) no utterance passes."""
     st = _stage(ctx, "filter")
     if st is None:
         return
+    yield from _not_numbers(ctx, st, ("max_length", "min_length", "min_output_input_ratio", "max_output_input_ratio"))
     hi, lo = _num(st.param(ctx.doc, "max_length")), _num(st.param(ctx.doc, "min_length"))
     if hi is not None and (hi <= 0 or (lo is not None and hi <= lo)):
+        fix = ("max_length: 40960 (~410 s)" + (f", above min_length {lo:g}" if lo is not None else "")
+               if lo is None or lo < 40960 else f"min_length: 100 (1 s), below max_length {hi:g}")
         yield Issue(f"filter max_length ({hi}) <= min_length ({lo}) (both in 10 ms frames): every utterance is dropped",
-                    at=_at(ctx, st, "max_length"), fix="e.g. min_length: 100 (1 s), max_length: 40960 (~410 s)")
+                    at=_at(ctx, st, "max_length"), fix=fix)
     rlo, rhi = _num(st.param(ctx.doc, "min_output_input_ratio")), _num(st.param(ctx.doc, "max_output_input_ratio"))
     if rlo is not None and rhi is not None and rhi <= rlo:
+        lo_d, hi_d = 0.0005, 1  # upstream's defaults
+        change = [f"{k}: {d:g}" for k, d, v in (("min_output_input_ratio", lo_d, rlo), ("max_output_input_ratio", hi_d, rhi))
+                  if d != v]  # only what differs: a fix never repeats the value already set
         yield Issue(f"filter max_output_input_ratio ({rhi}) <= min_output_input_ratio ({rlo}): every utterance is dropped",
-                    at=_at(ctx, st, "max_output_input_ratio"), fix="use upstream's defaults 0.0005 and 1")
+                    at=_at(ctx, st, "max_output_input_ratio"), fix=f"{' and '.join(change)} (upstream's defaults)")
 
 
 def _sort_shuffle(ctx: LintContext) -> Iterator[Issue]:
+    """sort() should work inside one shuffle buffer (upstream's own comment); larger sort buffers make batch
+    composition less random."""
     sh, so = _stage(ctx, "shuffle"), _stage(ctx, "sort")
     if sh is None or so is None:
         return
@@ -89,6 +110,9 @@ def _sort_shuffle(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _order(ctx: LintContext) -> Iterator[Issue]:
+    """Each processor reads fields an earlier one adds (filter needs text_token from tokenize, sort and batch need
+    speech_feat from compute_fbank); padding must be last because Dataset binds gan/dpo to the last entry. Out of
+    order it fails with a KeyError or AssertionError inside the data loader."""
     for key, st in _pipelines(ctx):
         names = [s.func for s in st]
         for i, s in enumerate(st):
@@ -107,6 +131,8 @@ def _order(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _batch(ctx: LintContext) -> Iterator[Issue]:
+    """An unknown batch_type makes upstream's batch() return None (a crash inside the DataLoader); max_frames_in_batch
+    <= 0 puts every utterance in its own batch after an empty one."""
     st = _stage(ctx, "batch")
     if st is None:
         return
@@ -118,11 +144,16 @@ def _batch(ctx: LintContext) -> Iterator[Issue]:
     name = "max_frames_in_batch" if bt == "dynamic" else "batch_size"
     v = st.param(ctx.doc, name)
     if _num(v) is None or v <= 0:
+        quoted = isinstance(v, str) and v.strip().lstrip("+").replace(".", "", 1).isdigit() and float(v) > 0
         yield Issue(f"{name} is {v!r}; it must be a positive number", at=_at(ctx, st, name),
-                    fix=f"{name}: {2500 if bt == 'dynamic' else 16}")
+                    fix="remove the quotes (a number, not a string)" if quoted
+                    else f"{name}: {2500 if bt == 'dynamic' else 16}")
 
 
 def _memory(ctx: LintContext) -> Iterator[Issue]:
+    """An out-of-memory error shows up only at the longest batch, possibly hours into the run. The model is measured on
+    CosyVoice2-0.5B (the LLM is the same Qwen2 in CosyVoice3); for CosyVoice3's DiT flow lint says it cannot check
+    (info)."""
     if not ctx.gpu_memory:
         return
     st = _stage(ctx, "batch")
@@ -164,6 +195,8 @@ def _memory(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _required(ctx: LintContext) -> Iterator[Issue]:
+    """Without parquet_opener/tokenize/filter/compute_fbank/parse_embedding/batch/padding the model's forward gets
+    samples without the fields it reads."""
     if ctx.model == "hifigan" or not ctx.models():
         return
     root = ctx.doc.root
@@ -186,44 +219,27 @@ def _required(ctx: LintContext) -> Iterator[Issue]:
 
 RULES = [
     Rule("CX101", "token-filter-bounds", "error", "The filter's text-token bounds drop every sample.", _token_bounds,
-         why="filter() compares the number of TEXT tokens (from the Qwen tokenizer) with token_min_length/"
-             "token_max_length. With token_max_length: 0 nothing survives, an epoch is one empty step and "
-             "no loss is ever printed: the seed's lost days.",
          example="filter: !name:cosyvoice.dataset.processor.filter\n  token_max_length: 0",
          fix="token_max_length: 400 and token_min_length: 1 (measure your transcripts with --data)."),
     Rule("CX102", "frame-filter-bounds", "error", "The filter's length or ratio bounds drop every sample.", _frame_bounds,
-         why="max_length/min_length are in 10 ms frames; if max <= min (or the ratio bounds cross) no "
-             "utterance passes.",
          example="filter: !name:cosyvoice.dataset.processor.filter\n  max_length: 100\n  min_length: 100",
          fix="min_length: 100, max_length: 40960."),
     Rule("CX103", "sort-vs-shuffle", "warning", "sort_size larger than shuffle_size (or a size < 1).", _sort_shuffle,
-         why="sort() should work inside one shuffle buffer (upstream's own comment); larger sort buffers make "
-             "batch composition less random.",
          example="shuffle: !name:cosyvoice.dataset.processor.shuffle\n  shuffle_size: 100\n"
                  "sort: !name:cosyvoice.dataset.processor.sort\n  sort_size: 500",
          fix="sort_size <= shuffle_size."),
     Rule("CX104", "pipeline-order", "error", "Pipeline stages are out of order.", _order,
-         why="Each processor reads fields an earlier one adds (filter needs text_token from tokenize, sort and "
-             "batch need speech_feat from compute_fbank); padding must be last because Dataset binds gan/dpo "
-             "to the last entry. Out of order it fails with a KeyError or AssertionError inside the data loader.",
          example="data_pipeline: [!ref <parquet_opener>, !ref <tokenize>, !ref <filter>, !ref <resample>, "
                  "!ref <compute_fbank>, !ref <parse_embedding>, !ref <shuffle>, !ref <batch>, !ref <sort>, !ref <padding>]",
          fix="Use upstream's order."),
     Rule("CX105", "batch-settings", "error", "batch_type unknown or a non-positive batch size.", _batch,
-         why="An unknown batch_type makes upstream's batch() return None (a crash inside the DataLoader); "
-             "max_frames_in_batch <= 0 puts every utterance in its own batch after an empty one.",
          example="batch: !name:cosyvoice.dataset.processor.batch\n  batch_type: dynamc",
          fix="batch_type: 'dynamic' with max_frames_in_batch: 2500 (or 'static' with batch_size)."),
     Rule("CX106", "batch-vs-gpu-memory", "warning", "max_frames_in_batch likely does not fit --gpu-memory.", _memory,
-         why="An out-of-memory error shows up only at the longest batch, possibly hours into the run. The model "
-             "is measured on CosyVoice2-0.5B (the LLM is the same Qwen2 in CosyVoice3); for CosyVoice3's DiT flow "
-             "lint says it cannot check (info).",
          example="# cosyext lint --gpu-memory 16\nbatch: !name:cosyvoice.dataset.processor.batch\n"
                  "  batch_type: dynamic\n  max_frames_in_batch: 6000",
          fix="Lower max_frames_in_batch to the suggested value (rough linear model, see docs/lint.md)."),
     Rule("CX107", "pipeline-stages", "error", "data_pipeline is missing or lacks a required stage.", _required,
-         why="Without parquet_opener/tokenize/filter/compute_fbank/parse_embedding/batch/padding the model's "
-             "forward gets samples without the fields it reads.",
          example="data_pipeline: [!ref <parquet_opener>, !ref <tokenize>, !ref <batch>, !ref <padding>]",
          fix="Use upstream's full pipeline."),
 ]

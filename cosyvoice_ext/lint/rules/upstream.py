@@ -16,7 +16,7 @@ from cosyvoice_ext import family as fam_mod
 from cosyvoice_ext.lint import Issue, LintContext, Rule
 from cosyvoice_ext.lint.pipeline import find, stages
 from cosyvoice_ext.lint.target import NEW_ONLY, OLD_ONLY_KWARGS, fbank_stage, trained_families
-from cosyvoice_ext.lint.yamlpos import YMap, YScalar, walk
+from cosyvoice_ext.lint.yamlpos import YMap, YScalar
 
 from .model import _feat, _rate_pair, _val
 
@@ -35,13 +35,18 @@ def _sample_rate(ctx: LintContext) -> float | None:
 
 
 def _num_frames(ctx: LintContext) -> Iterator[Issue]:
-    """ace7c47's compute_fbank zero-pads the audio to a multiple of ``num_frames`` samples and no
-    longer trims, so a flow batch lines up only if ``num_frames`` = samples per speech token
-    (sample_rate / token_frame_rate = hop_size x token_mel_ratio; 24000 / 25 = 960). Seen with the
-    DiT flow: num_frames 1000 -> ``RuntimeError: Sizes of tensors must match ... Expected size 125 but
-    got size 124`` (dit.py:96); no num_frames on audio off the 40 ms grid -> the same with 123 vs 124;
-    compute_whisper_fbank num_frames 1920 with compute_fbank's 960 -> ``AssertionError: speech length
-    is not aligned with speech_token``."""
+    """Since 2026 (ace7c47) compute_fbank pads the audio to a multiple of num_frames samples instead of trimming the
+    features; the flow then needs mel frames = token_mel_ratio x tokens, which holds only for num_frames =
+    sample_rate / token_frame_rate (960). Seen with the DiT flow: RuntimeError: Sizes of tensors must match
+    (dit.py:96) for num_frames 1000 or none; AssertionError in compute_whisper_fbank when its num_frames does not
+    divide compute_fbank's.
+
+    ace7c47's compute_fbank zero-pads the audio to a multiple of ``num_frames`` samples and no longer trims, so a
+    flow batch lines up only if ``num_frames`` = samples per speech token (sample_rate / token_frame_rate = hop_size
+    x token_mel_ratio; 24000 / 25 = 960). Seen with the DiT flow: num_frames 1000 -> ``RuntimeError: Sizes of
+    tensors must match ... Expected size 125 but got size 124`` (dit.py:96); no num_frames on audio off the 40 ms
+    grid -> the same with 123 vs 124; compute_whisper_fbank num_frames 1920 with compute_fbank's 960 ->
+    ``AssertionError: speech length is not aligned with speech_token``."""
     fb = fbank_stage(ctx.doc)
     if fb is None:
         return
@@ -72,9 +77,12 @@ def _num_frames(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _static_chunk(ctx: LintContext) -> Iterator[Issue]:
-    """Upstream's streaming inference (cli/model.py) decodes 25 tokens per step and says it "must match
-    training static_chunk_size" (in mel frames: 25 x token_mel_ratio = 50). Seen: training with 36
-    runs normally, so nothing but streaming quality shows it."""
+    """Upstream's streaming inference decodes 25 tokens per step and its code says this must match the training
+    static_chunk_size (mel frames). Training runs either way (seen), so only streaming quality suffers.
+
+    Upstream's streaming inference (cli/model.py) decodes 25 tokens per step and says it "must match training
+    static_chunk_size" (in mel frames: 25 x token_mel_ratio = 50). Seen: training with 36 runs normally, so nothing
+    but streaming quality shows it."""
     if "flow" not in ctx.models():
         return
     node = ctx.doc.node("flow", "decoder", "estimator", "static_chunk_size")
@@ -83,13 +91,17 @@ def _static_chunk(ctx: LintContext) -> Iterator[Issue]:
         return
     want = TOKEN_HOP_LEN * tmr
     if v != want:
+        via_chunk = isinstance(node, YScalar) and "<chunk_size>" in node.raw and ctx.doc.node("chunk_size") is not None
         yield Issue(f"the flow estimator's static_chunk_size is {v} mel frames, but upstream's streaming inference "
                     f"decodes {TOKEN_HOP_LEN} tokens at a time = {TOKEN_HOP_LEN} x token_mel_ratio {tmr:g} = {want:g} "
                     "frames: the model is trained on chunks it never sees when streaming", at=node,
-                    fix=f"static_chunk_size: {want:g} (e.g. !ref <chunk_size> * <token_mel_ratio> with chunk_size: 25)")
+                    fix=f"chunk_size: {TOKEN_HOP_LEN} (static_chunk_size is computed from it)" if via_chunk else
+                    f"static_chunk_size: {want:g} (e.g. !ref <chunk_size> * <token_mel_ratio> with chunk_size: 25)")
 
 
 def _family_mix(ctx: LintContext) -> Iterator[Issue]:
+    """CosyVoice2 and CosyVoice3 use different speech tokenizers (v2, v3) and text special tokens; a config mixing them
+    trains models that do not fit together."""
     cf = ctx.family
     if cf is None or cf.family is None:
         return
@@ -112,15 +124,19 @@ def _family_mix(ctx: LintContext) -> Iterator[Issue]:
 
 
 def _symbols(ctx: LintContext) -> Iterator[Issue]:
-    """With ``--upstream DIR``: every ``cosyvoice.*`` class/function the config names must exist in that
-    tree and accept the keywords given (read with ast, never imported). Without it, only what
-    contradicts itself: 2026-only names next to the 2025 compute_fbank keyword. Seen at ace7c47:
-    ``TypeError: compute_fbank() got an unexpected keyword argument 'token_mel_ratio'``."""
+    """Configs are written for one upstream commit: the 2025 compute_fbank takes token_mel_ratio, the 2026 one
+    num_frames; CosyVoice3 classes and compute_whisper_fbank exist only since 2026. With --upstream DIR lint reads
+    the tree's sources (ast, never imported) and checks every cosyvoice.* name and keyword.
+
+    With ``--upstream DIR``: every ``cosyvoice.*`` class/function the config names must exist in that tree and
+    accept the keywords given (read with ast, never imported). Without it, only what contradicts itself: 2026-only
+    names next to the 2025 compute_fbank keyword. Seen at ace7c47: ``TypeError: compute_fbank() got an unexpected
+    keyword argument 'token_mel_ratio'``."""
     up = ctx.upstream
     if up is not None and up.symbols is not None:
         yield from _symbols_in_tree(ctx, up)
         return
-    new = sorted({n.call[1] for _, n in walk(ctx.doc.root) if n.call and n.call[1] in NEW_ONLY})
+    new = sorted({n.call[1] for _, n in ctx.doc.nodes() if n.call and n.call[1] in NEW_ONLY})
     if not new:
         return
     fb = fbank_stage(ctx.doc)
@@ -133,11 +149,21 @@ def _symbols(ctx: LintContext) -> Iterator[Issue]:
                         fix="replace it by num_frames: 960 (sample_rate / token_frame_rate)")
 
 
+def _overridden(ctx: LintContext) -> set[str]:
+    """Top-level model keys train.py replaces by None before anything under them is built (so a name
+    there that the upstream lacks never matters): every model it does not train."""
+    trained = set(ctx.models())
+    if not trained:
+        return set()
+    return set(OVERRIDDEN) - trained - ({"hift"} if ctx.model == "hifigan" else set())
+
+
 def _symbols_in_tree(ctx: LintContext, up: Any) -> Iterator[Issue]:
     seen: set[int] = set()
-    for _, node in walk(ctx.doc.root):
+    skip = _overridden(ctx)
+    for path, node in ctx.doc.nodes():
         call = node.call
-        if not call or call[0] not in ("new", "name", "apply") or id(node) in seen:
+        if not call or call[0] not in ("new", "name", "apply") or id(node) in seen or (path and path[0] in skip):
             continue
         seen.add(id(node))
         qual = call[1]
@@ -149,7 +175,17 @@ def _symbols_in_tree(ctx: LintContext, up: Any) -> Iterator[Issue]:
                         at=node, fix="use a config written for this upstream commit (its examples/*/conf), or "
                                      "point --upstream at the tree you train with")
             continue
-        if sig is None or not isinstance(node, YMap):
+        if sig is None:
+            continue
+        if call[0] == "new" and isinstance(node, (YMap, YScalar)):
+            given = set(node.keys()) if isinstance(node, YMap) else set()
+            missing = [p for p in sig.required if p not in given]
+            if missing:
+                yield Issue(f"{qual.rsplit('.', 1)[-1]}() in the upstream at {up.path} requires "
+                            f"{', '.join(missing)}, which this !new: does not give: TypeError when the config is "
+                            "loaded", at=node, fix=f"add {', '.join(f'{m}: ...' for m in missing)} under this key "
+                            "(moved elsewhere by mistake?)")
+        if not isinstance(node, YMap):
             continue
         for k, _ in node.items:
             if isinstance(k, YScalar) and not sig.accepts(k.raw):
@@ -166,14 +202,27 @@ OVERRIDDEN = ("llm", "flow", "hift", "hifigan")
 
 
 def _override_keys(ctx: LintContext) -> Iterator[Issue]:
-    """Seen with hyperpyyaml's own load_hyperpyyaml and train.py's override dict: a config without
-    ``hift`` gives ``KeyError: "Override 'hift' not found in: ['llm', 'flow']"`` (overrides must match)."""
+    """train.py loads the config with overrides {k: None} for every model it does not train, and HyperPyYAML's
+    load_hyperpyyaml (overrides_must_match=True) raises ``KeyError: "Override 'hift' not found in: ['llm',
+    'flow']"`` when the key is absent (seen). Both supported commits do this.
+
+    The 2026 train.py (ace7c47) also overrides ``qwen_pretrain_path`` when it gets ``--qwen_pretrain_path``,
+    so a config without that key fails the same way (seen); the 2025 one retries the load without it.
+    Checked when lint is told the flag (``--qwen-pretrain-path``)."""
     root = ctx.doc.root
     if not any(root.get(m) is not None for m in ("llm", "flow")):
         return  # not a training config (a fragment, an included file)
     missing = [k for k in OVERRIDDEN if k != ctx.model and root.key_node(k) is None]
     if ctx.model is None:  # the model to train must exist anyway (CX504 when it is named)
         missing = [k for k in missing if k not in ("llm", "flow") or root.key_node(k) is None]
+    up = ctx.upstream
+    if (ctx.options.get("qwen_pretrain_path") and root.key_node("qwen_pretrain_path") is None
+            and up is not None and up.qwen_key_required):
+        yield Issue("no top-level qwen_pretrain_path: train.py given --qwen_pretrain_path (as you told lint with "
+                    "--qwen-pretrain-path) overrides that key, and HyperPyYAML refuses to override a key the config "
+                    f"lacks (KeyError: \"Override 'qwen_pretrain_path' not found\") [{up.source}]", at=root.start,
+                    fix="add qwen_pretrain_path: '' at the top level (train.py's flag sets it) and refer to it with "
+                        "!ref <qwen_pretrain_path>")
     if missing:
         yield Issue(f"no top-level {', '.join(missing)}: train.py loads the config with overrides "
                     f"{{{', '.join(f'{k}: None' for k in OVERRIDDEN if k != ctx.model)}}} for the models it does not "
@@ -202,12 +251,19 @@ def _onnx_files(ctx: LintContext) -> tuple[list[str], str]:
 
 
 def _onnx_path(ctx: LintContext) -> Iterator[Issue]:
-    """At ace7c47 (+ cosyext's patch 0009) ``--onnx_path DIR`` loads DIR/campplus.onnx and the family's
-    batch tokenizer and extracts a feature online only where the data lacks its column (upstream:
-    ``if 'speech_token' not in batch``); ``--onnx_path ''`` uses the data's features. Seen with
-    precomputed features: no speech_token column -> ``KeyError: 'speech_token'`` (filter), no
-    embedding columns -> ``AttributeError: 'NoneType' object has no attribute 'inference'``, empty
-    embeddings -> ``mat1 and mat2 shapes cannot be multiplied``, empty tokens -> the row is dropped."""
+    """The 2026 upstream's train.py stops without --onnx_path. With cosyext's patches, --onnx_path '' trains on the
+    data's precomputed speech_token and embeddings (cosyext prepare); --onnx_path DIR loads DIR/campplus.onnx and
+    the family's speech_tokenizer_v2/v3.batch.onnx and computes a feature from the audio wherever the data has no
+    column for it (slower; tokens need compute_whisper_fbank); columns that are there are used as they are. Info by
+    default; an error when --onnx-path names a choice that cannot work (no features in the data, DIR lacking files,
+    empty feature columns), a warning when the data forces online extraction.
+
+    At ace7c47 (+ cosyext's patch 0009) ``--onnx_path DIR`` loads DIR/campplus.onnx and the family's batch tokenizer
+    and extracts a feature online only where the data lacks its column (upstream: ``if 'speech_token' not in
+    batch``); ``--onnx_path ''`` uses the data's features. Seen with precomputed features: no speech_token column ->
+    ``KeyError: 'speech_token'`` (filter), no embedding columns -> ``AttributeError: 'NoneType' object has no
+    attribute 'inference'``, empty embeddings -> ``mat1 and mat2 shapes cannot be multiplied``, empty tokens -> the
+    row is dropped."""
     if ctx.model == "hifigan" or not ctx.models():
         return
     up = ctx.upstream
@@ -301,53 +357,30 @@ RULES = [
     Rule("CX306", "fbank-num-frames", "error",
          "compute_fbank/compute_whisper_fbank num_frames do not match one speech token of audio (2026 upstream).",
          _num_frames,
-         why="Since 2026 (ace7c47) compute_fbank pads the audio to a multiple of num_frames samples instead of "
-             "trimming the features; the flow then needs mel frames = token_mel_ratio x tokens, which holds only "
-             "for num_frames = sample_rate / token_frame_rate (960). Seen with the DiT flow: RuntimeError: Sizes of "
-             "tensors must match (dit.py:96) for num_frames 1000 or none; AssertionError in compute_whisper_fbank "
-             "when its num_frames does not divide compute_fbank's.",
          example="compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank\n  feat_extractor: !ref <feat_extractor>"
                  "\n  num_frames: 1000",
          fix="num_frames: 960 (= 24000 / 25) in compute_fbank and compute_whisper_fbank."),
     Rule("CX307", "static-chunk-size", "warning",
          "The flow estimator's static_chunk_size is not 25 tokens x token_mel_ratio.", _static_chunk,
-         why="Upstream's streaming inference decodes 25 tokens per step and its code says this must match the "
-             "training static_chunk_size (mel frames). Training runs either way (seen), so only streaming quality "
-             "suffers.",
          example="estimator: !new:cosyvoice.flow.DiT.dit.DiT\n  static_chunk_size: 36",
          fix="static_chunk_size: !ref <chunk_size> * <token_mel_ratio> with chunk_size: 25."),
     Rule("CX308", "family-consistency", "warning",
          "llm and flow of different families, or a tokenizer version of the other family.", _family_mix,
-         why="CosyVoice2 and CosyVoice3 use different speech tokenizers (v2, v3) and text special tokens; a "
-             "config mixing them trains models that do not fit together.",
          example="llm: !new:cosyvoice.llm.llm.Qwen2LM\nflow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithDiT",
          fix="Both models and get_qwen_tokenizer's version from one family."),
     Rule("CX505", "upstream-symbols", "error",
          "The config names a class, function or argument the targeted upstream does not have.", _symbols,
-         why="Configs are written for one upstream commit: the 2025 compute_fbank takes token_mel_ratio, the 2026 "
-             "one num_frames; CosyVoice3 classes and compute_whisper_fbank exist only since 2026. With --upstream "
-             "DIR lint reads the tree's sources (ast, never imported) and checks every cosyvoice.* name and keyword.",
          example="llm: !new:cosyvoice.llm.llm.CosyVoice3LM\ncompute_fbank: !name:cosyvoice.dataset.processor.compute_fbank"
                  "\n  token_mel_ratio: 2",
          fix="Use the recipe config of the commit you train with (examples/libritts/*/conf)."),
     Rule("CX507", "override-keys", "error", "The config lacks a model key train.py overrides (llm, flow, hift, hifigan).",
          _override_keys,
-         why="train.py loads the config with overrides {k: None} for every model it does not train, and "
-             "HyperPyYAML's load_hyperpyyaml (overrides_must_match=True) raises KeyError: \"Override 'hift' not "
-             "found\" when the key is absent (seen). Both supported commits do this.",
          example="llm: !new:cosyvoice.llm.llm.Qwen2LM\nflow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec\n"
                  "# no hift:, no hifigan:",
          fix="hift: null and hifigan: null (or the recipe's vocoder sections)."),
     Rule("CX506", "onnx-path", "info",
          "What to pass as train.py --onnx_path (2026 upstream), and whether the data and DIR allow it.", _onnx_path,
          uses_data=True,
-         why="The 2026 upstream's train.py stops without --onnx_path. With cosyext's patches, --onnx_path '' trains "
-             "on the data's precomputed speech_token and embeddings (cosyext prepare); --onnx_path DIR loads "
-             "DIR/campplus.onnx and the family's speech_tokenizer_v2/v3.batch.onnx and computes a feature from the "
-             "audio wherever the data has no column for it (slower; tokens need compute_whisper_fbank); columns "
-             "that are there are used as they are. Info by default; an error when --onnx-path names a choice that "
-             "cannot work (no features in the data, DIR lacking files, empty feature columns), a warning when the "
-             "data forces online extraction.",
          example="# cosyext lint conf.yaml --data data.list --onnx-path ''   (data made with --no-features)",
          fix="--onnx_path '' with prepared data, or --onnx_path DIR holding the family's ONNX files."),
 ]
