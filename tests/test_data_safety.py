@@ -174,3 +174,129 @@ def test_a_flow_adapter_given_as_llm_names_the_mismatch(world, monkeypatch, caps
                "CausalMaskedDiffWithXvec), but --model llm was given" in err, err
         assert "next: export it with --model flow" in err
     assert not (world / "out.pt").exists()
+
+
+# --- prepare ------------------------------------------------------------------------------------------------
+
+
+def _voice(root: Path, names=("a", "b", "c"), spk: str = "alice") -> Path:
+    """A folder of 1 s tones with transcripts, as `cosyext prepare` reads them."""
+    import numpy as np
+
+    from cosyvoice_ext.tiny.data import wav_bytes
+
+    (root / spk).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        t = np.arange(24000) / 24000
+        (root / spk / f"{name}.wav").write_bytes(wav_bytes(0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t), 24000))
+        (root / spk / f"{name}.txt").write_text("ba do\n")
+    return root
+
+
+def _prepare(*argv: str) -> int:
+    return main(["prepare", *argv, "--no-features", "--no-progress", "--cv-ratio", "0"])
+
+
+def _foreign(dest: Path) -> None:
+    """Shards and a data.list another tool made, under the names prepare uses."""
+    parquet = dest / "train" / "parquet"
+    parquet.mkdir(parents=True)
+    for i in range(3):
+        (parquet / f"parquet_{i:09d}.parquet").write_bytes(f"someone else's shard {i}".encode())
+    (dest / "train" / "data.list").write_text("".join(f"{parquet}/parquet_{i:09d}.parquet\n" for i in range(3)))
+
+
+def test_prepare_refuses_a_dest_holding_data_it_did_not_make(tmp_path, capsys):
+    """The issue's case: shard 0 and data.list were overwritten, shards 1 and 2 deleted."""
+    src = _voice(tmp_path / "voice")
+    dest = tmp_path / "data"
+    _foreign(dest)
+    before = snapshot(dest)
+    for extra in ([], ["--resume"]):  # --resume continues a prepare run; there is none here
+        assert _prepare(str(src), str(dest), *extra) == 2
+        err = capsys.readouterr().err
+        assert f"{dest} already holds data 'cosyext prepare' did not make" in err, err
+        assert "train/data.list" in err and "train/parquet/parquet_000000000.parquet" in err
+        assert "next: " in err and "--force" in err
+        assert snapshot(dest) == before
+
+
+def test_prepare_refuses_upstreams_own_parquet_layout(tmp_path, capsys):
+    src = _voice(tmp_path / "voice")
+    dest = tmp_path / "parquet"  # what upstream's tools/make_parquet_list.py writes
+    dest.mkdir()
+    (dest / "parquet_000000000.tar").write_bytes(b"upstream shard")
+    (dest / "data.list").write_text(f"{dest}/parquet_000000000.tar\n")
+    before = snapshot(dest)
+    assert _prepare(str(src), str(dest)) == 2
+    assert "already holds data 'cosyext prepare' did not make" in capsys.readouterr().err
+    assert snapshot(dest) == before
+
+
+def test_prepare_force_replaces_only_what_prepare_writes(tmp_path, capsys):
+    src = _voice(tmp_path / "voice")
+    dest = tmp_path / "data"
+    _foreign(dest)
+    (dest / "notes.txt").write_text("mine")
+    (dest / "data.list").write_text("upstream layout list\n")
+    (dest / "train" / "parquet" / "mine.tar").write_bytes(b"mine")
+    (dest / "train" / "keep.json").write_text("{}")
+    assert _prepare(str(src), str(dest), "--resume", "--force") == 2
+    assert "--resume or --force, not both" in capsys.readouterr().err
+    assert _prepare(str(src), str(dest), "--force") == 0
+    parquet = dest / "train" / "parquet"
+    assert sorted(p.name for p in parquet.iterdir()) == ["mine.tar", "parquet_000000000.parquet",
+                                                         "spk2parquet_000000000.json", "utt2parquet_000000000.json"]
+    assert (dest / "train" / "data.list").read_text() == f"{parquet / 'parquet_000000000.parquet'}\n"
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "data.list").read_text() == "upstream layout list\n"
+    assert (dest / "train" / "keep.json").read_text() == "{}"
+    # an earlier run for another family: --force starts over instead of refusing to mix them
+    assert main(["prepare", str(src), str(dest), "--no-features", "--no-progress", "--family", "cosyvoice3",
+                 "--force"]) == 0
+    capsys.readouterr()
+
+
+def test_prepare_dest_that_is_a_file_or_read_only(tmp_path, monkeypatch, capsys):
+    src = _voice(tmp_path / "voice")
+    (tmp_path / "file").write_text("x")
+    assert _prepare(str(src), str(tmp_path / "file")) == 2
+    assert f"DEST {tmp_path / 'file'} is a file, not a directory" in capsys.readouterr().err
+    assert _prepare(str(src), str(tmp_path / "file" / "sub")) == 2
+    assert f"{tmp_path / 'file'} is a file, not a directory" in capsys.readouterr().err
+    (tmp_path / "ro").mkdir()
+    read_only(monkeypatch, tmp_path / "ro")
+    assert _prepare(str(src), str(tmp_path / "ro" / "data")) == 2
+    assert f"cannot write in {tmp_path / 'ro'} (permission denied or a read-only file system)" in \
+        capsys.readouterr().err
+    assert snapshot(tmp_path / "ro") == {}
+
+
+def test_prepare_refuses_an_input_that_is_one_of_its_outputs(tmp_path, capsys):
+    """A Kaldi wav.scp naming a file under DEST that prepare writes (or deletes as a stale shard)."""
+    src = _voice(tmp_path / "voice")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    dest = tmp_path / "data"
+    stale = dest / "train" / "parquet" / "parquet_000000007.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes((src / "alice" / "a.wav").read_bytes())  # audio, under a shard's name
+    (kaldi / "wav.scp").write_text(f"u1 {src / 'alice' / 'b.wav'}\nu2 {stale}\n")
+    (kaldi / "text").write_text("u1 ba\nu2 do\n")
+    (kaldi / "utt2spk").write_text("u1 s\nu2 s\n")
+    before = snapshot(dest)
+    assert _prepare(str(kaldi), str(dest), "--force") == 2
+    err = capsys.readouterr().err
+    assert f"input {stale} (utterance u2) is a file 'cosyext prepare' writes in DEST" in err, err
+    assert snapshot(dest) == before
+
+
+def test_prepare_nested_in_its_source_reads_no_output(tmp_path, capsys):
+    """SRC and DEST may nest (upstream's recipe writes data/train/parquet inside the Kaldi dir data/train): the
+    outputs are never read as inputs, so a resumed run reuses everything and adds nothing."""
+    src = _voice(tmp_path / "voice")
+    dest = src / "prepared"
+    assert _prepare(str(src), str(dest)) == 0
+    assert "train: 3 utterances" in capsys.readouterr().out
+    assert _prepare(str(src), str(dest), "--resume") == 0
+    out = capsys.readouterr().out
+    assert "train: 3 utterances" in out and "0 computed, 3 reused" in out and "0 written, 1 reused" in out

@@ -158,3 +158,101 @@ def test_speaker_config_keeps_the_keyed_form(tmp_path):
     with pytest.raises(UsageError, match="not a speaker config"):
         (tmp_path / serve.SPEAKER_CONFIG).write_text('[1, 2]')
         serve.read_speaker_config(tmp_path)
+
+
+# --- prepare ------------------------------------------------------------------------------------------------
+
+
+def _report(dest) -> dict[str, tuple[str, str]]:
+    """prepare_report.tsv as {path: (utt, reason)}, checking every line has exactly three fields."""
+    lines = (dest / "prepare_report.tsv").read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "utt\tpath\treason" and lines[-1] == ""
+    rows = [line.split("\t") for line in lines[1:-1]]
+    assert all(len(r) == 3 for r in rows), rows
+    return {path: (utt, reason) for utt, path, reason in rows}
+
+
+def _run_prepare(src, dest, *extra) -> int:
+    return main(["prepare", str(src), str(dest), "--no-features", "--no-progress", "--cv-ratio", "0", *extra])
+
+
+def test_prepare_reports_dangling_and_looping_wav_links(tmp_path, capsys):
+    from tests.test_data_safety import _voice
+
+    src = _voice(tmp_path / "voice")
+    a = src / "alice"
+    (a / "gone.wav").symlink_to(tmp_path / "moved" / "gone.wav")
+    (a / "gone.txt").write_text("ba")
+    (a / "loop1.wav").symlink_to(a / "loop2.wav")
+    (a / "loop2.wav").symlink_to(a / "loop1.wav")
+    (a / "loop1.txt").write_text("ba")
+    (a / "c.txt").unlink()
+    (a / "c.txt").symlink_to(tmp_path / "moved" / "c.txt")  # a transcript that is a dangling link
+    assert _run_prepare(src, tmp_path / "out") == 0
+    report = _report(tmp_path / "out")
+    assert report[str(a / "gone.wav")] == ("alice_gone", f"dangling symlink: points to {tmp_path / 'moved' / 'gone.wav'}, "
+                                                         "which does not exist")
+    assert report[str(a / "loop1.wav")][1].startswith("symlink loop: ")
+    assert report[str(a / "loop2.wav")][1].startswith("symlink loop: ")
+    assert report[str(a / "c.wav")] == ("alice_c", f"transcript c.txt is a dangling symlink: points to "
+                                                   f"{tmp_path / 'moved' / 'c.txt'}, which does not exist")
+    err = capsys.readouterr().err
+    assert f"skipped {a / 'gone.wav'}: dangling symlink" in err
+
+
+def test_prepare_follows_symlinked_speaker_folders_once(tmp_path, capsys):
+    from tests.test_data_safety import _voice
+
+    src = _voice(tmp_path / "voice")
+    _voice(tmp_path / "elsewhere", names=("x", "y"), spk="bob_real")
+    (src / "bob").symlink_to(tmp_path / "elsewhere" / "bob_real", target_is_directory=True)
+    (src / "alice" / "again").symlink_to(src / "alice", target_is_directory=True)  # a loop
+    (src / "carol").symlink_to(src / "alice", target_is_directory=True)  # the same folder twice
+    (src / "dave").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    assert _run_prepare(src, tmp_path / "out") == 0
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table((tmp_path / "out" / "train" / "data.list").read_text().split()[0]).to_pylist()
+    assert sorted((r["utt"], r["spk"]) for r in rows) == [
+        ("alice_a", "alice"), ("alice_b", "alice"), ("alice_c", "alice"), ("bob_x", "bob"), ("bob_y", "bob")]
+    report = _report(tmp_path / "out")
+    assert report[str(src / "alice" / "again")][1] == f"symlinked folder: {src / 'alice'} is already scanned " \
+                                                      f"as {src / 'alice'} (a loop); not followed"
+    assert report[str(src / "carol")][1] == f"symlinked folder: {src / 'alice'} is already scanned as " \
+                                            f"{src / 'alice'}; not followed"
+    assert report[str(src / "dave")][1] == f"dangling symlink: points to {tmp_path / 'nowhere'}, which does not exist"
+
+
+def test_prepare_report_escapes_tabs_and_newlines_in_names(tmp_path, capsys):
+    from tests.test_data_safety import _voice
+
+    src = _voice(tmp_path / "voice")
+    for name in ("tab\there.wav", "new\nline.wav", "back\\slash.wav", "bad\udcffname.wav"):
+        (src / "alice" / name).write_bytes((src / "alice" / "a.wav").read_bytes())  # no transcripts
+    assert _run_prepare(src, tmp_path / "out") == 0
+    report = _report(tmp_path / "out")
+    assert ("alice_tab_here", "missing transcript (no .txt or .lab with the same name)") == \
+        report[f"{src / 'alice'}/tab\\there.wav"]
+    assert report[f"{src / 'alice'}/new\\nline.wav"][0] == "alice_new_line"
+    assert report[f"{src / 'alice'}/back\\\\slash.wav"][1].startswith("missing transcript")
+    assert report[f"{src / 'alice'}/bad\\xffname.wav"][1] == "the file name is not UTF-8 (upstream's data lists are)"
+    err = capsys.readouterr().err
+    assert "tab\\there.wav" in err and "new\\nline.wav" in err
+
+
+@pytest.mark.parametrize("name", ["text", "wav.scp", "utt2spk"])
+def test_prepare_names_a_kaldi_file_that_is_not_utf8(tmp_path, capsys, name):
+    from tests.test_data_safety import _voice
+
+    src = _voice(tmp_path / "voice")
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    files = {"wav.scp": f"u1 {src / 'alice' / 'a.wav'}\n", "text": "u1 ba\n", "utt2spk": "u1 s\n"}
+    for fname, content in files.items():
+        (kaldi / fname).write_text(content)
+    (kaldi / name).write_bytes(files[name].encode() + "u2 caf\xe9\n".encode("latin-1"))
+    assert _run_prepare(kaldi, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"{kaldi / name} is not UTF-8 text (line 2, byte" in err, err
+    assert "next: iconv -f LATIN1 -t UTF-8" in err
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,9 @@ SRC is a folder of NAME.wav + NAME.txt (or NAME.lab) pairs, searched recursively
 sub-folder name, or SRC's name for files at the top; --speaker overrides), or a Kaldi data dir with
 wav.scp, text and utt2spk (or spk2utt). DEST gets train/ and cv/, each with parquet/ shards,
 data.list, utt2data.list and spk2data.list, plus prepare_report.tsv (every skipped file and why).
+A DEST that already holds shards or a data.list prepare did not make is refused; --force replaces
+only the files prepare writes. Symlinked folders in SRC are followed once each; links that dangle
+or loop are reported.
 The model family (CosyVoice2 or CosyVoice3) is read from the pretrained directory (cosyvoice3.yaml
 there means CosyVoice3) unless --family says; CosyVoice3 data gets speech tokens from
 speech_tokenizer_v3.onnx and an `instruct` text on every sample. Speech tokens and stored audio are
@@ -63,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the train/cv split (default 0)")
     p.add_argument("--speaker", metavar="NAME", help="one speaker name for every utterance")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in DEST, reusing finished work")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a DEST that holds an earlier run or data prepare did not make: replaces "
+                        "only the files prepare writes (shards, lists, report, summary, its state), keeps the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -72,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     opts = PrepareOptions(src=args.src, dest=args.dest, pretrained=args.pretrained, no_features=args.no_features,
                           cv_ratio=args.cv_ratio, shard_size=args.shard_size, min_sec=args.min_sec,
-                          max_sec=args.max_sec, seed=args.seed, resume=args.resume, speaker=args.speaker,
+                          max_sec=args.max_sec, seed=args.seed, resume=args.resume, force=args.force,
+                          speaker=args.speaker,
                           progress=False if args.no_progress else None, family=args.family, instruct=args.instruct)
     try:
         res = prepare(opts)

@@ -26,15 +26,16 @@ from .. import family as fam_mod
 from ..errors import CosyextError, UsageError
 from . import align
 from . import audio as audio_mod
+from . import dest as dest_mod
 from .family_choice import Choice, choose
 from .features import FeatureError, NoFeatures, example_pretrained, open_extractor
 from .shards import remove_stale, shard_paths, write_lists, write_shard
 from .sources import Problem, Utterance, discover
 from .state import STATE_DIR, PrepareState, file_key, write_atomic
 
-REPORT_NAME = "prepare_report.tsv"
-SUMMARY_NAME = "prepare_summary.json"
-SETS = ("train", "cv")
+REPORT_NAME = dest_mod.REPORT_NAME
+SUMMARY_NAME = dest_mod.SUMMARY_NAME
+SETS = dest_mod.SETS
 
 
 class NoUsableData(CosyextError):
@@ -55,6 +56,8 @@ class PrepareOptions:
     max_sec: float = 30.0
     seed: int = 0
     resume: bool = False
+    #: start over in a DEST holding an earlier run or data prepare did not make (see `dest`)
+    force: bool = False
     speaker: str | None = None
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     #: "cosyvoice2" / "cosyvoice3"; None: detected from `pretrained`, else CosyVoice2
@@ -140,13 +143,24 @@ def prepare(o: PrepareOptions) -> PrepareResult:
     choice = choose(o.family, o.pretrained, o.instruct)
     extractor = open_extractor(o.pretrained, o.no_features, choice.family)
     dest = Path(o.dest).expanduser().resolve()
-    if PrepareState.exists(dest) and not o.resume:
-        raise UsageError(f"{dest} holds an earlier 'cosyext prepare' run",
-                         hint=f"cosyext prepare {o.src} {o.dest} --resume  (same options as before; "
-                              "or pick an empty DEST)")
+    dest_mod.check(o.src, dest, resume=o.resume, force=o.force)
     utts, problems = discover(Path(o.src), speaker=o.speaker)
+    dest_mod.refuse_outputs_as_inputs({u.wav: f"utterance {u.utt}" for u in utts}, dest)
     for p in problems:
-        _say(f"skipped {p.path or p.utt}: {p.reason}")
+        _say(f"skipped {escape(p.path or p.utt)}: {p.reason}")
+    try:
+        return _prepare(o, dest, choice, extractor, utts, problems, tqdm)
+    except OSError as exc:  # reading audio is handled per utterance; this is DEST (or SRC) failing as a whole
+        where = exc.filename if exc.filename is not None else dest
+        raise UsageError(f"cannot write {where}: {exc.strerror or exc}",
+                         hint=f"cosyext prepare {o.src} {o.dest} --resume  (once the cause is fixed; finished "
+                              "work is kept)") from exc
+
+
+def _prepare(o: PrepareOptions, dest: Path, choice: Choice, extractor, utts: list[Utterance],
+             problems: list[Problem], tqdm) -> PrepareResult:
+    if o.force:
+        dest_mod.forget_earlier_run(dest)
     state = PrepareState(dest)
     state.check_run({"family": choice.family.name, "instruct": choice.instruct,
                      "speech_tokenizer": extractor.speech_tokenizer, "models": extractor.identity},
@@ -244,7 +258,7 @@ def _store(decoded: audio_mod.Decoded, tokens: list[int]) -> dict[str, Any]:
 
 def _problem(problems: list[Problem], u: Utterance, reason: str) -> None:
     problems.append(Problem(u.utt, str(u.wav), reason))
-    _say(f"skipped {u.wav}: {reason}")
+    _say(f"skipped {escape(str(u.wav))}: {reason}")
 
 
 def _no_bar(o: PrepareOptions) -> bool | None:
@@ -327,11 +341,21 @@ def _audio_data(wav: Path, wav_frames: int | None) -> bytes:
     return audio_mod.read_bytes(wav) if wav_frames is None else audio_mod.wav_prefix(wav, wav_frames)
 
 
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape(field: str) -> str:
+    """One TSV field on one line: backslash, tab, newline and carriage return as \\\\, \\t, \\n, \\r, and the
+    bytes of a file name that is not UTF-8 as \\xNN (how Python keeps them: surrogate escapes)."""
+    return "".join(_ESCAPES.get(ch) or (f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else ch)
+                   for ch in field)
+
+
 def _write_report(path: Path, problems: list[Problem]) -> None:
     lines = ["utt\tpath\treason\n"]
     for p in sorted(problems, key=lambda p: (p.path, p.utt)):
-        lines.append(f"{p.utt}\t{p.path}\t{p.reason}\n")
+        lines.append("\t".join(escape(f) for f in (p.utt, p.path, p.reason)) + "\n")
     write_atomic(path, "".join(lines).encode("utf-8"))
 
 
-__all__ = ["PrepareOptions", "PrepareResult", "prepare", "split", "speaker_embeddings", "STATE_DIR"]
+__all__ = ["PrepareOptions", "PrepareResult", "escape", "prepare", "split", "speaker_embeddings", "STATE_DIR"]

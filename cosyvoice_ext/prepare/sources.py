@@ -1,14 +1,19 @@
 """Find utterances in the two layouts users have: a folder of `x.wav` + `x.txt` (or `x.lab`) pairs,
 or a Kaldi data directory (`wav.scp`, `text`, `utt2spk` or `spk2utt`).
 
-Nothing here decodes audio: problems found by looking at names and transcripts (no transcript,
-empty transcript, duplicate ids) are returned as `Problem`s next to the good utterances, so the
-caller reports every one of them and carries on.
+Nothing here decodes audio: problems found by looking at names, links and transcripts (no
+transcript, empty transcript, duplicate ids, a symlink that dangles or loops, a file name that is
+not UTF-8) are returned as `Problem`s next to the good utterances, so the caller reports every one
+of them and carries on. Symlinked folders are followed, each real folder once: a link to a folder
+already scanned (a loop, or the same speaker twice) is reported instead of read again.
+
+A Kaldi list file that is not UTF-8 stops the run (UsageError): every line of it is in question.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -79,19 +84,97 @@ def _read_transcript(path: Path) -> tuple[str | None, str | None]:
     return text, None
 
 
+@dataclasses.dataclass
+class _Found:
+    """What a walk of a folder of pairs found."""
+
+    wavs: list[Path] = dataclasses.field(default_factory=list)
+    transcripts: list[Path] = dataclasses.field(default_factory=list)
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    #: links (and unreadable entries) that are not usable, by path: the reason
+    broken: dict[Path, str] = dataclasses.field(default_factory=dict)
+
+
+def _walk(src: Path) -> _Found:
+    """Every .wav and transcript below `src`, in name order, following symlinked folders once each."""
+    found = _Found()
+    scanned: dict[tuple[int, int], Path] = {}
+
+    def visit(folder: Path, ancestors: tuple[tuple[int, int], ...]) -> None:
+        st = folder.stat()
+        key = (st.st_dev, st.st_ino)
+        scanned[key] = folder
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            found.problems.append(Problem("", str(folder), f"folder cannot be read: {exc.strerror or exc}"))
+            return
+        for name in names:
+            path = folder / name
+            why = _link_problem(path) or _name_problem(name)
+            if why:
+                found.broken[path] = why
+                continue
+            if path.is_dir():
+                sub = path.stat()
+                sub_key = (sub.st_dev, sub.st_ino)
+                if sub_key in scanned:  # only a symlink reaches a folder twice
+                    loop = " (a loop)" if sub_key in ancestors or sub_key == key else ""
+                    found.broken[path] = (f"symlinked folder: {path.resolve()} is already scanned as "
+                                          f"{scanned[sub_key]}{loop}; not followed")
+                    continue
+                visit(path, (*ancestors, key))
+            elif path.suffix.lower() == ".wav" and path.is_file():
+                found.wavs.append(path)
+            elif path.suffix.lower() in TRANSCRIPT_SUFFIXES and path.is_file():
+                found.transcripts.append(path)
+
+    visit(src, ())
+    return found
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why a symlink cannot be used (dangling, looping), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"dangling symlink: points to {_target(path)}, which does not exist"
+    except OSError as exc:
+        return f"symlink loop: {path} -> {_target(path)} ({exc.strerror or exc})"
+    return None
+
+
+def _target(path: Path) -> Path:
+    target = Path(os.readlink(path))
+    return target if target.is_absolute() else path.parent / target
+
+
+def _name_problem(name: str) -> str | None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not UTF-8 (upstream's data lists are)"
+    return None
+
+
 def _folder(src: Path, speaker: str | None) -> tuple[list[Utterance], list[Problem]]:
-    wavs = sorted(p for p in src.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
-    transcripts = sorted(p for p in src.rglob("*") if p.suffix.lower() in TRANSCRIPT_SUFFIXES and p.is_file())
-    if not wavs:
+    found = _walk(src)
+    wavs, transcripts = found.wavs, found.transcripts
+    if not wavs and not any(p.suffix.lower() == ".wav" for p in found.broken):
         raise UsageError(f"no .wav files under {src}",
                          hint="put NAME.wav next to NAME.txt (or NAME.lab), or pass a Kaldi dir with wav.scp")
     utts: list[Utterance] = []
-    problems: list[Problem] = []
+    problems: list[Problem] = list(found.problems)
+    for path, why in sorted(found.broken.items()):
+        if path.suffix.lower() not in TRANSCRIPT_SUFFIXES or path.with_suffix(".wav") not in wavs:
+            problems.append(Problem(_utt_id(src, path), str(path), why))  # a usable wav reports its transcript
     seen: dict[str, Path] = {}
     stems = {p.with_suffix("") for p in wavs}
     for wav in wavs:
         rel = wav.relative_to(src).with_suffix("")
-        utt = _safe_id("_".join(rel.parts))
+        utt = _utt_id(src, wav)
         spk = speaker or _safe_id("_".join(rel.parts[:-1]) or src.name)
         if utt in seen:
             problems.append(Problem(utt, str(wav), f"duplicate utterance id (also {seen[utt]})"))
@@ -99,7 +182,13 @@ def _folder(src: Path, speaker: str | None) -> tuple[list[Utterance], list[Probl
         seen[utt] = wav
         candidates = [wav.with_suffix(s) for s in TRANSCRIPT_SUFFIXES] + \
                      [wav.with_suffix(s.upper()) for s in TRANSCRIPT_SUFFIXES]
+        broken = next((c for c in candidates if c in found.broken), None)
         tpath = next((c for c in candidates if c.is_file()), None)
+        if tpath is None and broken is not None:
+            why = found.broken[broken]
+            problems.append(Problem(utt, str(wav), f"transcript {broken.name} is a {why}"
+                                    if why.startswith(("dangling", "symlink")) else f"transcript {broken.name}: {why}"))
+            continue
         if tpath is None:
             problems.append(Problem(utt, str(wav), "missing transcript (no .txt or .lab with the same name)"))
             continue
@@ -110,15 +199,30 @@ def _folder(src: Path, speaker: str | None) -> tuple[list[Utterance], list[Probl
         utts.append(Utterance(utt, wav, text, spk))
     for t in transcripts:
         if t.with_suffix("") not in stems:
-            rel = t.relative_to(src).with_suffix("")
-            problems.append(Problem(_safe_id("_".join(rel.parts)), str(t), "transcript without a .wav file"))
+            problems.append(Problem(_utt_id(src, t), str(t), "transcript without a .wav file"))
     return utts, problems
 
 
+def _utt_id(src: Path, path: Path) -> str:
+    """The utterance id of a file: its path below `src` without the suffix, '/' as '_'."""
+    return _safe_id("_".join(path.relative_to(src).with_suffix("").parts))
+
+
 def _read_table(path: Path) -> list[tuple[str, str]]:
-    """(key, rest-of-line) pairs of a Kaldi list file; blank lines skipped."""
+    """(key, rest-of-line) pairs of a Kaldi list file; blank lines skipped. UsageError when it is not UTF-8."""
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"{path} is not UTF-8 text (line {line}, byte {exc.start}: {exc.reason})",
+                         hint=f"iconv -f LATIN1 -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}   "
+                              "(with the file's real encoding for LATIN1)") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}", hint="pass a Kaldi data dir with wav.scp, "
+                         "text and utt2spk (or spk2utt)") from exc
     rows = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         parts = line.strip().split(maxsplit=1)
         if parts:
             rows.append((parts[0], parts[1] if len(parts) > 1 else ""))

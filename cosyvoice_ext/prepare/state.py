@@ -23,6 +23,8 @@ from typing import Any, Callable
 from ..errors import UsageError
 
 STATE_DIR = ".cosyext-prepare"
+#: every file the state directory holds
+RUN_FILES = ("run.json", "features.jsonl", "shards.json")
 #: what a run records about itself; all but "models" must match for a resume
 RUN_KEYS = ("family", "instruct", "speech_tokenizer")
 LEGACY_RUN = {"family": "cosyvoice2", "instruct": None, "speech_tokenizer": ""}
