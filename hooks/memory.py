@@ -1,4 +1,5 @@
-"""Built-in plugin: memory levers (gradient checkpointing, autocast, skipping unused logits) from ``cosyext.memory``.
+"""Built-in plugin: memory levers (gradient checkpointing of the LLM's and the flow's blocks, autocast,
+skipping unused logits, giving freed CPU memory back) from ``cosyext.memory``.
 
 Without that section every hook does nothing, which leaves upstream's behaviour untouched. The
 section is validated at config time (a typo fails before any model is built); the levers are

@@ -1,7 +1,9 @@
 """The memory levers on the real upstream classes (tiny sizes), real HF Qwen2, real peft, real torch.
 
 Each lever must keep training the same (loss, gradients, state-dict keys) and change what it is
-for: logits never computed, decoder layers recomputed in backward, matmuls in bf16.
+for: logits never computed, decoder layers and flow blocks (CosyVoice2's U-Net and conformer encoder at
+the 2025 pin, CosyVoice3's DiT at ace7c47) recomputed in backward, matmuls in bf16, freed CPU memory
+given back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import random
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,7 +87,7 @@ def train_step(model: torch.nn.Module, batch: dict, seed: int = 0) -> tuple[floa
     torch.manual_seed(seed)
     info = {"dtype": "fp32", "train_engine": "torch_ddp", "accum_grad": 1}
     info = train_utils.batch_forward(model, batch, None, info)
-    loss = float(info["loss_dict"]["loss"])
+    loss = float(info["loss_dict"]["loss"].detach())
     train_utils.batch_backward(model, None, info)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss, grads
@@ -249,15 +253,254 @@ def test_levers_survive_deepcopy_bound_to_the_copy(tiny):
     assert heads[0].n == heads[1].n == 0
 
 
-def test_flow_gets_autocast_only(tiny, caplog):
+# --- gradient checkpointing of the flows: CosyVoice2's U-Net + conformer encoder, CosyVoice3's DiT -----
+
+@contextmanager
+def upstream_imports(tree: Path) -> Iterator[None]:
+    """Import ``cosyvoice``/``matcha`` from ``tree`` inside the block. Another commit's modules, already
+    loaded by other tests, are set aside and restored afterwards (both commits name them alike)."""
+    ours = ("cosyvoice", "matcha")
+    setaside = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in ours}
+    paths = upstream_import_paths(tree)
+    sys.path[:0] = paths
+    try:
+        yield
+    finally:
+        for k in [k for k in sys.modules if k.split(".")[0] in ours]:
+            del sys.modules[k]
+        sys.modules.update(setaside)
+        for path in paths:
+            sys.path.remove(path)
+
+
+@pytest.fixture(scope="module")
+def main_tree(upstream_at) -> Path:
+    """Upstream main at ace7c47: the first commit with CosyVoice3's DiT flow."""
+    return upstream_at("ace7c47", patched=False)
+
+
+def build_dit_flow(seed: int = 3) -> torch.nn.Module:
+    """A tiny CausalMaskedDiffWithDiT of the real classes (cosyvoice3.yaml's structure; DiT dim 64, depth 2,
+    heads 2, dim_head 32, and the DiT's default dropout 0.1, which the recipe keeps)."""
+    from omegaconf import DictConfig
+
+    from cosyvoice.flow.DiT.dit import DiT
+    from cosyvoice.flow.flow import CausalMaskedDiffWithDiT
+    from cosyvoice.flow.flow_matching import CausalConditionalCFM
+    from cosyvoice.transformer.upsample_encoder import PreLookaheadLayer
+
+    torch.manual_seed(seed)
+    estimator = DiT(dim=64, depth=2, heads=2, dim_head=32, ff_mult=2, mel_dim=80, mu_dim=80, spk_dim=80,
+                    out_channels=80, static_chunk_size=50, num_decoding_left_chunks=-1)
+    cfm = DictConfig({"sigma_min": 1e-06, "solver": "euler", "t_scheduler": "cosine", "training_cfg_rate": 0.2,
+                      "inference_cfg_rate": 0.7, "reg_loss_type": "l1"})
+    decoder = CausalConditionalCFM(in_channels=240, n_spks=1, spk_emb_dim=80, cfm_params=cfm, estimator=estimator)
+    return CausalMaskedDiffWithDiT(
+        input_size=80, output_size=80, spk_embed_dim=192, output_type="mel", vocab_size=6561, input_frame_rate=25,
+        only_mask_loss=True, token_mel_ratio=2, pre_lookahead_len=3,
+        pre_lookahead_layer=PreLookaheadLayer(in_channels=80, channels=32, pre_lookahead_len=3), decoder=decoder)
+
+
+def with_dropout(model: torch.nn.Module, p: float = 0.1) -> torch.nn.Module:
+    """Dropout on everywhere (the tiny CosyVoice2 template has 0.0), so a recomputation that drew other
+    masks would change the gradients."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+    return model
+
+
+@pytest.fixture(params=["cosyvoice2", "cosyvoice3"])
+def flow_family(request, tiny):
+    """(build(seed) -> flow model, upstream tree, a block the lever checkpoints) per family:
+    CosyVoice2 at the 2025 pin (44316c34), CosyVoice3 at ace7c47."""
+    if request.param == "cosyvoice2":
+        return types.SimpleNamespace(
+            name="cosyvoice2", tree=tiny.upstream, build=lambda seed=3: with_dropout(build(tiny, "flow", seed)),
+            blocks=lambda m: [m.decoder.estimator.mid_blocks[0][1][0], m.decoder.estimator.down_blocks[0][0],
+                              m.encoder.up_encoders[0]])
+    return types.SimpleNamespace(
+        name="cosyvoice3", tree=request.getfixturevalue("main_tree"), build=build_dit_flow,
+        blocks=lambda m: [m.decoder.estimator.transformer_blocks[1]])
+
+
+def flow_step(model: torch.nn.Module, batch: dict, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training forward+backward as batch_forward/batch_backward run it (model(batch, device), loss.backward)."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    random.seed(seed)  # the flows draw streaming / prompt length from `random`, noise and t from torch
+    torch.manual_seed(seed)
+    loss = model(batch, torch.device("cpu"))["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_identical(a: tuple, b: tuple) -> None:
+    """Same loss and same gradients, bit for bit: checkpointing recomputes the same ops on the same inputs."""
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert torch.equal(loss_a, loss_b), (loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    diff = {k: float((grads_a[k] - grads_b[k]).abs().max()) for k in grads_a if not torch.equal(grads_a[k], grads_b[k])}
+    assert not diff, diff
+
+
+def test_flow_checkpointing_same_loss_and_grads_and_recomputes(flow_family):
+    with upstream_imports(flow_family.tree):
+        plain, ckpt = flow_family.build(), flow_family.build()
+        counters = [CallCounter(b) for b in flow_family.blocks(plain)] + \
+                   [CallCounter(b) for b in flow_family.blocks(ckpt)]
+        what = levers.enable_gradient_checkpointing(ckpt)
+        assert what and ("DiT block" in what if flow_family.name == "cosyvoice3" else "U-Net" in what)
+        for seed in (0, 1, 2):  # streaming and not, with and without a prompt, CFG drops
+            assert_identical(flow_step(plain, flow_batch(), seed), flow_step(ckpt, flow_batch(), seed))
+        n = len(counters) // 2
+        assert [c.n for c in counters[:n]] == [3] * n  # once a step without the lever
+        assert [c.n for c in counters[n:]] == [6] * n  # forward, then again in backward
+        sa, sb = plain.state_dict(), ckpt.state_dict()
+        assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_flow_checkpointing_needs_the_rng_state_it_preserves(main_tree, monkeypatch):
+    """The control for the test above: dropout inside the DiT blocks really draws; recomputed with fresh
+    random numbers (no preserved RNG state) the gradients differ."""
+    import functools
+
+    from cosyvoice_ext.memory import checkpointing
+
+    with upstream_imports(main_tree):
+        plain, ckpt = build_dit_flow(), build_dit_flow()
+        monkeypatch.setattr(checkpointing, "checkpoint",
+                            functools.partial(checkpointing.checkpoint, preserve_rng_state=False))
+        levers.enable_gradient_checkpointing(ckpt)
+        (loss_a, grads_a), (loss_b, grads_b) = flow_step(plain, flow_batch()), flow_step(ckpt, flow_batch())
+    assert torch.equal(loss_a, loss_b)  # the forward is the same
+    assert not all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
+
+
+def test_flow_checkpointing_with_lora_keeps_adapter_gradients(flow_family):
+    """Frozen base + LoRA inside checkpointed blocks (the family's default targets)."""
+    from cosyvoice_ext.lora.config import parse_model_section
+    from cosyvoice_ext.lora.inject import inject
+    from cosyvoice_ext.lora.targets import resolve_targets
+
+    with upstream_imports(flow_family.tree):
+        results = []
+        for lever in (False, True):
+            m = flow_family.build()
+            settings = parse_model_section("flow", {"r": 4, "alpha": 8})
+            inject(m, settings, resolve_targets(m, settings), [])
+            torch.manual_seed(11)
+            for n, p in m.named_parameters():
+                if ".lora_B." in n:
+                    torch.nn.init.normal_(p, std=0.05)
+            if lever:
+                assert levers.apply(m, "flow", MemorySettings(gradient_checkpointing=True)) == ["gradient_checkpointing"]
+            # seed 1: no CFG drop of both utterances' conditions, which would leave the encoder without gradients
+            results.append((flow_step(m, flow_batch(), seed=1), list(m.state_dict())))
+    (plain, keys_a), (ckpt, keys_b) = results
+    assert_identical(plain, ckpt)
+    assert keys_a == keys_b
+    grads = ckpt[1]
+    assert all("lora_" in k for k in grads) and any(".estimator." in k for k in grads)
+    zero = [k for k, g in grads.items() if ".lora_A." in k and not g.abs().sum() > 0]
+    assert not zero, zero
+
+
+def test_flow_checkpointing_survives_deepcopy_and_leaves_inference_alone(main_tree):
+    """train.py deep-copies the prepared model (DPO); CV runs under no_grad and inference in eval mode:
+    those run the plain forward, each block once."""
+    with upstream_imports(main_tree):
+        model = build_dit_flow()
+        levers.enable_gradient_checkpointing(model)
+        twin = copy.deepcopy(model)
+        block, twin_block = model.decoder.estimator.transformer_blocks[0], twin.decoder.estimator.transformer_blocks[0]
+        assert twin_block.forward.__self__ is twin_block
+        assert twin_block.__dict__["_cosyext_forward_before_checkpoint"].__self__ is twin_block
+        assert_identical(flow_step(model, flow_batch()), flow_step(twin, flow_batch()))
+        with torch.no_grad():
+            twin.decoder.estimator.proj_out.weight.zero_()
+        assert not torch.equal(flow_step(model, flow_batch())[0], flow_step(twin, flow_batch())[0])  # its own weights
+
+        seen = []
+        inner = block.__dict__["_cosyext_forward_before_checkpoint"]
+        block.__dict__["_cosyext_forward_before_checkpoint"] = lambda *a, **k: seen.append(1) or inner(*a, **k)
+        with torch.no_grad():
+            model.train()
+            model(flow_batch(), torch.device("cpu"))
+        model.eval()
+        model(flow_batch(), torch.device("cpu"))["loss"].backward()
+        assert len(seen) == 2  # once per forward: nothing checkpointed, nothing recomputed
+        model.train()
+        flow_step(model, flow_batch())
+        assert len(seen) == 4  # training: forward + recomputation
+
+
+def test_flow_levers_applied_and_logged(tiny, caplog):
     caplog.set_level(logging.INFO, logger="cosyvoice_ext")
     flow = build(tiny, "flow")
     applied = levers.apply(flow, "flow", MemorySettings(gradient_checkpointing=True, autocast="bf16",
                                                         skip_unused_logits=True))
-    assert applied == ["autocast=bf16"]
-    assert "apply to the Qwen2 LLM only" in caplog.text
+    assert applied == ["gradient_checkpointing", "autocast=bf16"]
+    assert "skip_unused_logits applies to the Qwen2 LLM only" in caplog.text
+    assert "gradient_checkpointing of 3 U-Net resnet blocks in decoder.estimator; 3 U-Net transformer blocks " \
+           "in decoder.estimator; 5 conformer layers in encoder" in caplog.text
     loss, grads = train_step(flow, flow_batch())
     assert torch.isfinite(torch.tensor(loss)) and grads
+
+
+def test_gradient_checkpointing_on_a_model_it_does_not_know_warns(caplog):
+    caplog.set_level(logging.INFO, logger="cosyvoice_ext")
+    assert levers.apply(torch.nn.Linear(2, 2), "hifigan", MemorySettings(gradient_checkpointing=True)) == []
+    assert "found no blocks it knows in hifigan (Linear)" in caplog.text
+
+
+RELEASE_PROBE = """
+import ctypes, ctypes.util, sys
+from cosyvoice_ext.memory.allocator import release_cpu_memory  # no torch: one thread, one malloc arena
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+def alloc(n):  # as torch's CPU allocator (c10::alloc_cpu: posix_memalign), pages touched
+    p = ctypes.c_void_p()
+    assert libc.posix_memalign(ctypes.byref(p), 64, n) == 0
+    libc.memset(p, 1, n)
+    return p
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+if sys.argv[1] == "on":
+    assert release_cpu_memory()
+for _ in range(3):  # a freed large temporary: glibc raises its mmap threshold to its size (mallopt(3))
+    libc.free(alloc(8 << 20))
+before = rss()
+tmp, keep = [], []
+for _ in range(32):  # what a step does: 4 MiB temporaries, small survivors in between, temporaries freed
+    tmp.append(alloc(4 << 20))
+    keep.append(alloc(4096))
+for p in tmp:
+    libc.free(p)
+print((rss() - before) / 2**20)
+"""
+
+
+def test_release_cpu_memory_gives_freed_memory_back():
+    """Without the lever glibc serves 4 MiB blocks from its heap and keeps some after free; with it every
+    block over 128 KiB is its own mapping, returned on free (RSS back where it was)."""
+    import subprocess
+
+    kept = {}
+    for mode in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", RELEASE_PROBE, mode], capture_output=True, text=True, check=True)
+        kept[mode] = float(out.stdout.split()[-1])
+    assert kept["off"] >= 8 and kept["on"] < 1, kept
+
+
+def test_release_cpu_memory_is_a_plain_switch():
+    s = parse_memory_section({"cosyext": {"memory": {"release_cpu_memory": True}}})
+    assert s == MemorySettings(release_cpu_memory=True) and s.any and s.describe() == "release_cpu_memory"
+    with pytest.raises(MemoryConfigError, match="true or false"):
+        parse_memory_section({"cosyext": {"memory": {"release_cpu_memory": "yes"}}})
 
 
 # --- through the plugin, the way the patched train_utils reaches it ------------------------------

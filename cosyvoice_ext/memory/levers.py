@@ -1,8 +1,9 @@
 """The memory levers, applied in place to a built CosyVoice model before the DDP wrap.
 
-Each lever replaces one module's ``forward`` with a bound method (``types.MethodType``) rather
-than a closure, so ``copy.deepcopy`` (train.py's DPO reference model) rebinds it to the copy.
+Each model lever replaces modules' ``forward`` with bound methods (``types.MethodType``) rather
+than closures, so ``copy.deepcopy`` (train.py's DPO reference model) rebinds them to the copy.
 None of them adds, renames or removes a parameter or buffer: checkpoints keep the stock keys.
+``release_cpu_memory`` is a process setting (:mod:`.allocator`), not a model change.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .allocator import release_cpu_memory
+from .checkpointing import enable_flow_checkpointing
 from .config import SECTION, KEY, MemoryConfigError, MemorySettings
 
 log = logging.getLogger("cosyvoice_ext.memory")
@@ -64,13 +67,20 @@ def check_runtime(settings: MemorySettings, args: Any, cuda: bool | None = None)
             raise MemoryConfigError(key, "this GPU has no bf16 support", hint="set autocast: fp16 and pass --use_amp")
 
 
-def enable_gradient_checkpointing(model: nn.Module) -> bool:
-    """Recompute each Qwen2 decoder layer in backward (non-reentrant: works with frozen inputs and LoRA)."""
+def enable_gradient_checkpointing(model: nn.Module) -> str | None:
+    """Recompute blocks in backward instead of keeping their activations; what was checkpointed, or None.
+
+    The LLM: Hugging Face's checkpointing of each Qwen2 decoder layer. The flow: each block of the
+    estimator (CosyVoice2's U-Net resnet and transformer blocks, CosyVoice3's DiT blocks) and of
+    CosyVoice2's conformer encoder (:mod:`.checkpointing`). Both non-reentrant: gradients reach
+    LoRA tensors inside frozen blocks, and dropout draws the same masks when recomputed.
+    """
     enc = qwen_encoder(model)
-    if enc is None:
-        return False
-    enc.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return True
+    if enc is not None:
+        enc.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return f"{len(enc.model.model.layers)} Qwen2 decoder layers in llm.model.model.layers"
+    groups = enable_flow_checkpointing(model)
+    return "; ".join(g.describe() for g in groups) or None
 
 
 def _decoder_hidden_states(self: nn.Module, xs: torch.Tensor, xs_lens: torch.Tensor):
@@ -118,15 +128,24 @@ def enable_autocast(model: nn.Module, mode: str) -> bool:
 def apply(model: nn.Module, name: str, settings: MemorySettings) -> list[str]:
     """Apply the configured levers to ``model`` (the one train.py trains, named ``name``); what was applied."""
     applied = []
+    checkpointed = None
     if settings.skip_unused_logits and skip_unused_logits(model):
         applied.append("skip_unused_logits")
-    if settings.gradient_checkpointing and enable_gradient_checkpointing(model):
-        applied.append("gradient_checkpointing")
+    if settings.gradient_checkpointing:
+        checkpointed = enable_gradient_checkpointing(model)
+        if checkpointed:
+            applied.append("gradient_checkpointing")
     if enable_autocast(model, settings.autocast):
         applied.append(f"autocast={settings.autocast}")
-    skipped = [k for k in ("gradient_checkpointing", "skip_unused_logits") if getattr(settings, k) and k not in applied]
-    if skipped:
-        log.info("cosyext memory: %s apply to the Qwen2 LLM only; not used for %s", ", ".join(skipped), name)
+    if settings.release_cpu_memory and release_cpu_memory():
+        applied.append("release_cpu_memory")
+    if settings.skip_unused_logits and "skip_unused_logits" not in applied:
+        log.info("cosyext memory: skip_unused_logits applies to the Qwen2 LLM only; not used for %s", name)
+    if settings.gradient_checkpointing and "gradient_checkpointing" not in applied:
+        log.warning("cosyext memory: gradient_checkpointing found no blocks it knows in %s (%s); not used",
+                    name, type(model).__name__)
     if applied:
         log.info("cosyext memory: %s: %s", name, ", ".join(applied))
+    if checkpointed:
+        log.info("cosyext memory: %s: gradient_checkpointing of %s", name, checkpointed)
     return applied
