@@ -1,29 +1,38 @@
-"""Peak memory and step time of CosyVoice2-0.5B training at real shapes: full fine-tune vs LoRA, and the memory levers.
+"""Peak memory and step time of CosyVoice2-0.5B and CosyVoice3-0.5B training at real shapes: full fine-tune
+vs LoRA vs LoRA with the memory levers, for both LLMs and both flows.
 
 Builds the real-size models with random weights (nothing is downloaded): upstream's ``Qwen2LM``
-around a Qwen2 at CosyVoice2-0.5B dims, and the flow at ``cosyvoice2.yaml`` dims. Each configuration
-trains a few steps through the PATCHED upstream ``train_utils`` step functions (``batch_forward``,
-``batch_backward``, ``update_parameter_and_lr``; optimizer from ``init_optimizer_and_scheduler``) on
-identical synthetic batches shaped like upstream's ``padding`` output, in its own subprocess so its
-peak is its own: on CPU the RSS high-water mark of the training steps (VmHWM, reset once the model,
-optimizer and batch exist; the whole process's ``ru_maxrss`` is reported as ``process_peak_bytes``),
-on a GPU ``torch.cuda.max_memory_allocated``.
+(CosyVoice2) and ``CosyVoice3LM`` around a Qwen2 at Qwen2.5-0.5B dims, the CosyVoice2 flow at
+``cosyvoice2.yaml`` dims and the CosyVoice3 DiT flow at ``cosyvoice3.yaml`` dims (ace7c47: DiT dim
+1024, depth 22, 16 heads). Each configuration trains a few steps through upstream's ``train_utils``
+step functions (``batch_forward``, ``batch_backward``, ``update_parameter_and_lr``; optimizer from
+``init_optimizer_and_scheduler``) on identical synthetic batches shaped like upstream's ``padding``
+output, in its own subprocess so its peak is its own: on CPU the RSS high-water mark of the training
+steps (VmHWM, reset once the model, optimizer and batch exist; the whole process's ``ru_maxrss`` is
+reported as ``process_peak_bytes``), on a GPU ``torch.cuda.max_memory_allocated``.
 
-Example (CPU, LoRA vs full at 400 and 2000 frames, ~5 min on 2 idle cores)::
+Example (CPU; the issue-9 matrix: both families, full vs LoRA vs LoRA+levers at 400 and 2000 frames)::
 
-    python -m cosyvoice_ext.cli vendor /tmp/bench-up --source pypi
-    python -m cosyvoice_ext.cli apply-patches --upstream /tmp/bench-up
-    python benchmarks/bench_train_memory.py --upstream /tmp/bench-up --only llm:full llm:lora --json out.json
+    cosyext vendor /tmp/up-v2 --rev 2025-06-29 && cosyext apply-patches --upstream /tmp/up-v2
+    cosyext vendor /tmp/up-v3 --rev ace7c47 && cosyext apply-patches --upstream /tmp/up-v3   # CosyVoice3
+    python benchmarks/bench_train_memory.py --upstream /tmp/up-v2 --upstream-cv3 /tmp/up-v3 --json out.json
 
-Configuration names: ``MODEL:BASE[+LEVER...]`` with BASE ``full`` or ``lora`` (r=16; LLM targets
-q,k,v,o,gate,up,down; flow targets the attention projections) and LEVERs ``ckpt`` (gradient
-checkpointing), ``bf16``/``fp16`` (autocast), ``skip`` (skip unused logits), ``all`` (ckpt+bf16+skip).
+(about 50 minutes on 2 shared cores with ``--steps 1 --warmup 1``; ``--only cv3-flow`` runs one group).
+
+Configuration names: ``[FAMILY-]MODEL:BASE[+LEVER...]``. FAMILY ``cv2`` (default) or ``cv3``; MODEL
+``llm`` or ``flow``; BASE ``full`` or ``lora`` (r=16; LLM targets q,k,v,o,gate,up,down; CosyVoice2
+flow targets the attention projections, CosyVoice3 flow its default preset: DiT attention and
+feed-forward). LEVERs ``ckpt`` (gradient checkpointing), ``bf16``/``fp16`` (autocast), ``skip``
+(skip unused logits), ``all`` (ckpt+bf16+skip), ``levers`` (what the CPU comparison turns on: LLM
+ckpt+skip+release, flow ckpt+release; bf16 is emulated on CPUs without bf16 instructions, 10x slower),
+``release`` (release_cpu_memory: glibc returns freed memory; CPU RSS only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import resource
@@ -46,18 +55,23 @@ SPEECH_TOKEN_SIZE = 6561
 MEL_HZ = 50            # 24000 / 480: what max_frames_in_batch counts
 TOKEN_HZ = 25          # speech tokens; token_mel_ratio 2
 TEXT_TOKENS_PER_S = 3.5
-LEVER_NAMES = {"ckpt": "gradient_checkpointing", "skip": "skip_unused_logits", "bf16": "bf16", "fp16": "fp16"}
+INSTRUCT_TOKENS = 8    # "You are a helpful assistant.<|endofprompt|>" (CosyVoice3 LLM batches)
+LEVER_NAMES = {"ckpt": "gradient_checkpointing", "skip": "skip_unused_logits", "release": "release_cpu_memory",
+               "bf16": "bf16", "fp16": "fp16"}
+FAMILIES = ("cv2", "cv3")
+# "levers": what LoRA+levers means in the comparison (CPU: no autocast, see the docstring)
+LEVER_SETS = {"llm": ("ckpt", "skip", "release"), "flow": ("ckpt", "release")}
 
-DEFAULT_MATRIX = [
-    ("llm:full", 400), ("llm:lora", 400), ("llm:full", 2000), ("llm:lora", 2000),
-    ("llm:lora+skip", 400), ("llm:lora+skip", 2000),
-    ("llm:lora+ckpt", 400), ("llm:lora+ckpt", 2000),
-    ("llm:lora+bf16", 400), ("llm:lora+bf16", 2000),
-    ("llm:lora+all", 400), ("llm:lora+all", 2000), ("llm:lora+all", 4000),
-    ("llm:full+all", 400), ("llm:full+all", 2000),
-    ("flow:full", 400), ("flow:lora", 400), ("flow:full", 2000), ("flow:lora", 2000),
-    ("flow:lora+bf16", 400), ("flow:lora+bf16", 2000),
-]
+# The issue-9 comparison: per family and model, full vs LoRA vs LoRA+levers at 400 and 2000 frames.
+# Within one (family, model, frames) they run back to back, so their ratios share the machine's load.
+# For the flows also each lever's share: LoRA with checkpointing alone (its slope is the memory model's
+# flow checkpointing factor), and at 2000 frames the full fine-tune with release_cpu_memory (what the
+# allocator alone does to the baseline).
+DEFAULT_MATRIX = [(f"{fam}-{model}:{base}", frames)
+                  for fam in FAMILIES for model in ("llm", "flow") for frames in (400, 2000)
+                  for base in ("full", "lora", "lora+levers")
+                  + (("lora+ckpt",) if model == "flow" else ())
+                  + (("full+release",) if model == "flow" and frames == 2000 else ())]
 
 
 @dataclass(frozen=True)
@@ -66,31 +80,42 @@ class Spec:
     lora: bool
     levers: tuple[str, ...]
     frames: int
+    family: str = "cv2"
 
     @classmethod
     def parse(cls, name: str, frames: int) -> "Spec":
-        model, _, rest = name.partition(":")
+        head, _, rest = name.partition(":")
+        family, _, model = head.rpartition("-")
+        family = family or "cv2"
         base, *levers = rest.split("+")
-        if model not in ("llm", "flow") or base not in ("full", "lora"):
-            raise SystemExit(f"bad configuration {name!r}: expected llm|flow:full|lora[+lever...]")
+        if family not in FAMILIES or model not in ("llm", "flow") or base not in ("full", "lora"):
+            raise SystemExit(f"bad configuration {name!r}: expected [cv2-|cv3-]llm|flow:full|lora[+lever...]")
         out: list[str] = []
         for lever in levers:
             if lever == "all":
                 out += ["ckpt", "bf16", "skip"]
+            elif lever == "levers":
+                out += list(LEVER_SETS[model])
             elif lever in LEVER_NAMES:
                 out.append(lever)
             else:
-                raise SystemExit(f"bad lever {lever!r} in {name!r}: choose from {', '.join(LEVER_NAMES)}, all")
-        return cls(model, base == "lora", tuple(dict.fromkeys(out)), frames)
+                raise SystemExit(f"bad lever {lever!r} in {name!r}: choose from {', '.join(LEVER_NAMES)}, all, levers")
+        return cls(model, base == "lora", tuple(dict.fromkeys(out)), frames, family)
 
     @property
     def name(self) -> str:
-        return f"{self.model}:{'lora' if self.lora else 'full'}" + "".join(f"+{lv}" for lv in self.levers)
+        return (f"{self.family}-{self.model}:{'lora' if self.lora else 'full'}"
+                + "".join(f"+{lv}" for lv in self.levers))
+
+    @property
+    def group(self) -> str:
+        """What ratios are taken within: ``cv3-flow``."""
+        return f"{self.family}-{self.model}"
 
     def memory_section(self) -> dict:
         autocast = next((lv for lv in self.levers if lv in ("bf16", "fp16")), "off")
         return {"gradient_checkpointing": "ckpt" in self.levers, "skip_unused_logits": "skip" in self.levers,
-                "autocast": autocast}
+                "release_cpu_memory": "release" in self.levers, "autocast": autocast}
 
 
 # --- child: one configuration --------------------------------------------------------------------
@@ -115,7 +140,7 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def build_llm():
+def build_llm(family: str = "cv2"):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -128,12 +153,20 @@ def build_llm():
     enc = Qwen2Encoder.__new__(Qwen2Encoder)
     torch.nn.Module.__init__(enc)
     enc.model = Qwen2ForCausalLM(config)
-    return Qwen2LM(llm_input_size=896, llm_output_size=896, speech_token_size=SPEECH_TOKEN_SIZE, llm=enc,
-                   sampling=ras_sampling, length_normalized_loss=True, lsm_weight=0, mix_ratio=[5, 15])
+    kw = dict(llm_input_size=896, llm_output_size=896, speech_token_size=SPEECH_TOKEN_SIZE, llm=enc,
+              sampling=ras_sampling, length_normalized_loss=True, lsm_weight=0, mix_ratio=[5, 15])
+    if family == "cv3":  # examples/libritts/cosyvoice3/conf/cosyvoice3.yaml at ace7c47
+        from cosyvoice.llm.llm import CosyVoice3LM
+
+        return CosyVoice3LM(**kw)
+    return Qwen2LM(**kw)
 
 
-def build_flow():
+def build_flow(family: str = "cv2"):
     from omegaconf import DictConfig
+
+    if family == "cv3":
+        return build_dit_flow()
 
     from cosyvoice.flow.decoder import CausalConditionalDecoder
     from cosyvoice.flow.flow import CausalMaskedDiffWithXvec
@@ -157,6 +190,28 @@ def build_flow():
                                     token_mel_ratio=2, pre_lookahead_len=3, encoder=encoder, decoder=decoder)
 
 
+def build_dit_flow():
+    """CosyVoice3's flow at the dims of upstream examples/libritts/cosyvoice3/conf/cosyvoice3.yaml (ace7c47)."""
+    from omegaconf import DictConfig
+
+    from cosyvoice.flow.DiT.dit import DiT
+    from cosyvoice.flow.flow import CausalMaskedDiffWithDiT
+    from cosyvoice.flow.flow_matching import CausalConditionalCFM
+    from cosyvoice.transformer.upsample_encoder import PreLookaheadLayer
+
+    estimator = DiT(dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=80, mu_dim=80, spk_dim=80,
+                    out_channels=80, static_chunk_size=TOKEN_HZ * 2, num_decoding_left_chunks=-1)
+    cfm = DictConfig({"sigma_min": 1e-06, "solver": "euler", "t_scheduler": "cosine", "training_cfg_rate": 0.2,
+                      "inference_cfg_rate": 0.7, "reg_loss_type": "l1"})
+    decoder = CausalConditionalCFM(in_channels=240, n_spks=1, spk_emb_dim=80, cfm_params=cfm, estimator=estimator)
+    return CausalMaskedDiffWithDiT(input_size=80, output_size=80, spk_embed_dim=192, output_type="mel",
+                                   vocab_size=SPEECH_TOKEN_SIZE, input_frame_rate=TOKEN_HZ, only_mask_loss=True,
+                                   token_mel_ratio=2, pre_lookahead_len=3,
+                                   pre_lookahead_layer=PreLookaheadLayer(in_channels=80, channels=1024,
+                                                                         pre_lookahead_len=3),
+                                   decoder=decoder)
+
+
 def utterance_frames(frames: int, utt_frames: int | None) -> list[int]:
     """How a dynamic batch of ``frames`` mel frames is filled: equal utterances of ``utt_frames``
     (default min(frames, 1000): one 8 s utterance at 400, two 20 s ones at 2000)."""
@@ -165,7 +220,7 @@ def utterance_frames(frames: int, utt_frames: int | None) -> list[int]:
     return [utt] * n
 
 
-def make_batch(frames: int, utt_frames: int | None, seed: int = 0) -> dict:
+def make_batch(frames: int, utt_frames: int | None, seed: int = 0, family: str = "cv2") -> dict:
     """Tensors with the keys and shapes upstream's padding() yields (the ones the models read)."""
     import torch
 
@@ -183,7 +238,27 @@ def make_batch(frames: int, utt_frames: int | None, seed: int = 0) -> dict:
         "speech_feat": torch.randn(b, max(mel), 80, generator=g),
         "speech_feat_len": torch.tensor(mel, dtype=torch.int32),
         "embedding": torch.randn(b, 192, generator=g),
-    }
+    } | ({"instruct_token": torch.randint(0, 151000, (b, INSTRUCT_TOKENS), generator=g),
+          "instruct_token_len": torch.full((b,), INSTRUCT_TOKENS, dtype=torch.int32)} if family == "cv3" else {})
+
+
+class _LogLines(logging.Handler):
+    """What the levers logged (which blocks were checkpointed), for the result."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def lora_targets(spec: Spec) -> str:
+    """The LoRA preset: the LLM's attention and MLP; CosyVoice2 flow attention (as measured before CosyVoice3);
+    CosyVoice3 flow the class's default (DiT attention and feed-forward)."""
+    if spec.model == "llm":
+        return "attention_mlp"
+    return "attention" if spec.family == "cv2" else "default"
 
 
 def run_child(spec: Spec, steps: int, warmup: int, device: str, utt_frames: int | None, lora_dropout: float) -> dict:
@@ -198,7 +273,7 @@ def run_child(spec: Spec, steps: int, warmup: int, device: str, utt_frames: int 
     torch.manual_seed(0)
     cuda = device == "cuda"
     base_rss = rss_now()
-    model = build_llm() if spec.model == "llm" else build_flow()
+    model = build_llm(spec.family) if spec.model == "llm" else build_flow(spec.family)
     trainable_note = "all"
     if spec.lora:
         from cosyvoice_ext.lora.config import parse_model_section
@@ -207,13 +282,16 @@ def run_child(spec: Spec, steps: int, warmup: int, device: str, utt_frames: int 
 
         settings = parse_model_section(spec.model, {
             "r": 16, "alpha": 32, "dropout": lora_dropout,
-            "target_modules": "attention_mlp" if spec.model == "llm" else "attention"})
+            "target_modules": lora_targets(spec)})
         targets = resolve_targets(model, settings)
         inject(model, settings, targets, [])
         trainable_note = f"LoRA r16 on {len(targets)} modules"
     mem = parse_memory_section({"cosyext": {"memory": spec.memory_section()}})
     args = argparse.Namespace(train_engine="torch_ddp", use_amp=mem.autocast == "fp16", model=spec.model)
     levers.check_runtime(mem, args, cuda=cuda)
+    said = _LogLines()
+    logging.getLogger("cosyvoice_ext.memory").addHandler(said)
+    logging.getLogger("cosyvoice_ext.memory").setLevel(logging.INFO)
     applied = levers.apply(model, spec.model, mem)
     if cuda:
         model.cuda()
@@ -231,7 +309,7 @@ def run_child(spec: Spec, steps: int, warmup: int, device: str, utt_frames: int 
     model, optimizer, scheduler, _, _ = train_utils.init_optimizer_and_scheduler(args, configs, model, False)
     scaler = torch.cuda.amp.GradScaler() if args.use_amp else None
     model.train()
-    batch = make_batch(spec.frames, utt_frames)
+    batch = make_batch(spec.frames, utt_frames, family=spec.family)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -266,8 +344,9 @@ def run_child(spec: Spec, steps: int, warmup: int, device: str, utt_frames: int 
     else:
         peak, base = peak_rss(), base_rss
     return {
-        "config": spec.name, "model": spec.model, "lora": spec.lora, "levers": list(spec.levers),
-        "applied": applied, "frames": spec.frames, "utterances": utterance_frames(spec.frames, utt_frames),
+        "config": spec.name, "family": spec.family, "group": spec.group, "model": spec.model, "lora": spec.lora,
+        "levers": list(spec.levers), "applied": applied, "levers_log": said.lines,
+        "patched_train_utils": hasattr(train_utils, "cosyext_relay"), "frames": spec.frames, "utterances": utterance_frames(spec.frames, utt_frames),
         "device": torch.cuda.get_device_name() if cuda else "cpu", "trainable": trainable_note,
         "params": sum(p.numel() for p in params), "trainable_params": sum(p.numel() for p in trainable),
         "peak_bytes": peak, "process_peak_bytes": process_peak, "baseline_bytes": base,
@@ -294,11 +373,15 @@ def need_gib(spec: Spec) -> float:
     from cosyvoice_ext.memory.model import estimate_peak_gib
 
     mem = spec.memory_section()
-    return 1.0 + 1.25 * estimate_peak_gib(spec.model, spec.frames, lora=spec.lora, **mem)
+    family = "cosyvoice3" if spec.family == "cv3" else "cosyvoice2"
+    return 1.0 + 1.25 * estimate_peak_gib(spec.model, spec.frames, lora=spec.lora, family=family,
+                                          gradient_checkpointing=mem["gradient_checkpointing"],
+                                          skip_unused_logits=mem["skip_unused_logits"], autocast=mem["autocast"])
 
 
 def select(only: list[str] | None) -> list[Spec]:
-    """The default matrix, or the ``--only`` entries in the order given (NAME@FRAMES, NAME, or a model)."""
+    """The default matrix, or the ``--only`` entries in the order given (NAME@FRAMES, NAME, a family
+    ``cv3``, a model ``flow`` or both ``cv3-flow``)."""
     matrix = [Spec.parse(n, f) for n, f in DEFAULT_MATRIX]
     if not only:
         return matrix
@@ -308,25 +391,48 @@ def select(only: list[str] | None) -> list[Spec]:
             name, frames = entry.split("@")
             picked = [Spec.parse(name, int(frames))]
         else:
-            picked = [s for s in matrix if entry in (s.name, s.model)] or [Spec.parse(entry, f) for f in (400, 2000)]
+            picked = [s for s in matrix if entry in (s.name, s.model, s.family, s.group)] or \
+                [Spec.parse(entry, f) for f in (400, 2000)]
         out += [s for s in picked if s not in out]
     return out
 
 
-def run_parent(args: argparse.Namespace) -> list[dict]:
-    upstream = Path(args.upstream).resolve()
-    if not (upstream / "cosyvoice" / "utils" / "train_utils.py").is_file():
-        raise SystemExit(f"{upstream} is not a CosyVoice tree (run cosyext vendor + apply-patches first)")
-    specs = select(args.only)
-    if args.frames:
-        specs = [s for s in specs if s.frames in args.frames]
+def upstream_trees(args: argparse.Namespace, specs: list[Spec]) -> dict[str, Path]:
+    """The CosyVoice tree each family's configurations import: ``--upstream`` for CosyVoice2,
+    ``--upstream-cv3`` (else ``--upstream``, if it has CosyVoice3) for CosyVoice3."""
+    trees: dict[str, Path] = {}
+    for family in dict.fromkeys(s.family for s in specs):
+        given = args.upstream_cv3 if family == "cv3" and args.upstream_cv3 else args.upstream
+        if not given:
+            raise SystemExit(f"{family} configurations need --upstream{'-cv3' if family == 'cv3' else ''}")
+        tree = Path(given).resolve()
+        if not (tree / "cosyvoice" / "utils" / "train_utils.py").is_file():
+            raise SystemExit(f"{tree} is not a CosyVoice tree (run cosyext vendor + apply-patches first)")
+        if family == "cv3" and not (tree / "cosyvoice" / "flow" / "DiT" / "dit.py").is_file():
+            raise SystemExit(f"{tree} has no CosyVoice3 (cosyvoice/flow/DiT): pass an ace7c47 tree as --upstream-cv3")
+        trees[family] = tree
+    return trees
+
+
+def child_env(args: argparse.Namespace, tree: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(upstream), str(upstream / "third_party" / "Matcha-TTS"), str(REPO),
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(tree / "third_party" / "Matcha-TTS"), str(REPO),
                                          env.get("PYTHONPATH", "")])
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "COSYEXT_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONWARNINGS": "ignore"})
+    env["OMP_NUM_THREADS"] = str(args.threads)  # 1 on a shared 2-core box: 2 threads ran ~10x slower under load
+    env.pop("onnx_path", None)  # ace7c47: set, it would switch on online feature extraction (ONNX models)
     if args.malloc_mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+    return env
+
+
+def run_parent(args: argparse.Namespace) -> list[dict]:
+    specs = select(args.only)
+    if args.frames:
+        specs = [s for s in specs if s.frames in args.frames]
+    trees = upstream_trees(args, specs)
+    envs = {family: child_env(args, tree) for family, tree in trees.items()}
     results = []
     for spec in specs:
         if args.device == "cpu":
@@ -339,11 +445,11 @@ def run_parent(args: argparse.Namespace) -> list[dict]:
                 print(f"{spec.name} @ {spec.frames}: skipped, {free:.1f} GiB free < {need:.1f}", flush=True)
                 results.append({"config": spec.name, "frames": spec.frames, "skipped": "not enough free memory"})
                 continue
-        child = {"model": spec.model, "lora": spec.lora, "levers": spec.levers, "frames": spec.frames,
+        child = {"model": spec.model, "lora": spec.lora, "levers": spec.levers, "frames": spec.frames, "family": spec.family,
                  "steps": args.steps, "warmup": args.warmup, "device": args.device, "utt_frames": args.utt_frames,
                  "lora_dropout": args.lora_dropout}
         t0 = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=env,
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(child)], env=envs[spec.family],
                               stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE, text=True)
         line = next((ln for ln in proc.stdout.splitlines()[::-1] if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -353,8 +459,9 @@ def run_parent(args: argparse.Namespace) -> list[dict]:
             continue
         res = json.loads(line[len("RESULT "):])
         res["wall_s"] = round(time.time() - t0, 1)
+        res["upstream"] = str(trees[spec.family])
         results.append(res)
-        print(f"{res['config']:<18} {res['frames']:>5} frames  peak {res['peak_bytes'] / GIB:6.2f} GiB  "
+        print(f"{res['config']:<24} {res['frames']:>5} frames  peak {res['peak_bytes'] / GIB:6.2f} GiB  "
               f"step {res['median_step_s']:6.2f} s  (wall {res['wall_s']:.0f} s)", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(_meta(args) | {"results": results}, indent=1))
@@ -366,7 +473,7 @@ def _meta(args: argparse.Namespace) -> dict:
 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
             "cpu": _cpu_name(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
-            "device": args.device, "steps": args.steps, "warmup": args.warmup,
+            "device": args.device, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
             "malloc_mmap_threshold": args.malloc_mmap_threshold}
 
 
@@ -378,8 +485,56 @@ def _cpu_name() -> str:
         return "?"
 
 
+def _canonical(r: dict) -> str | None:
+    """full, lora or lora+levers (the issue-9 comparison's columns) for a result, else None."""
+    levers = tuple(r.get("levers", ()))
+    if not r["lora"]:
+        return "full" if not levers else None
+    if not levers:
+        return "lora"
+    return "lora+levers" if set(levers) == set(LEVER_SETS[r["model"]]) else None
+
+
+def _group(r: dict) -> str:
+    return r.get("group") or f"{r.get('family', 'cv2')}-{r['model']}"
+
+
+def comparison(results: list[dict]) -> str:
+    """Full vs LoRA vs LoRA+levers per family, model and frames: the full fine-tune's peak and step time,
+    the others as ratios to it (all from this run), and the flow target of issue 9."""
+    ok = [r for r in results if "peak_bytes" in r]
+    by: dict[tuple[str, int], dict[str, dict]] = {}
+    for r in ok:
+        col = _canonical(r)
+        if col:
+            by.setdefault((_group(r), r["frames"]), {})[col] = r
+    lines = ["| model | frames | full: peak GiB | LoRA: peak ×full | LoRA+levers: peak ×full | full: step s | "
+             "LoRA: step ×full | LoRA+levers: step ×full | levers |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    targets = []
+    for (group, frames), cols in by.items():
+        full = cols.get("full")
+        if full is None:
+            continue
+
+        def ratio(col: str, key: str) -> str:
+            r = cols.get(col)
+            return f"{r[key] / full[key]:.2f}" if r else "–"
+
+        lv = cols.get("lora+levers")
+        lines.append(f"| {group} | {frames} | {full['peak_bytes'] / GIB:.2f} | {ratio('lora', 'peak_bytes')} | "
+                     f"{ratio('lora+levers', 'peak_bytes')} | {full['median_step_s']:.1f} | "
+                     f"{ratio('lora', 'median_step_s')} | {ratio('lora+levers', 'median_step_s')} | "
+                     f"{'+'.join(lv['levers']) if lv else '–'} |")
+        if group.endswith("-flow") and frames == 2000 and lv:
+            x = lv["peak_bytes"] / full["peak_bytes"]
+            targets.append(f"- {group} at 2000 frames: LoRA+levers peak = {x:.2f}x full "
+                           f"({'meets' if x <= 0.5 else 'MISSES'} the <= 0.5x target)")
+    return "\n".join(lines + ([""] + targets if targets else []))
+
+
 def report(results: list[dict]) -> str:
-    """The tables: per configuration, LoRA/full ratios measured in this run, and the breakdown."""
+    """The tables: per configuration, the comparison (ratios measured in this run), other ratios, fits."""
     ok = [r for r in results if "peak_bytes" in r]
     lines = ["| config | frames | peak GiB | median step s | trainable params | weights | grads | optimizer | "
              "activations+other |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -391,14 +546,16 @@ def report(results: list[dict]) -> str:
     by = {(r["config"], r["frames"]): r for r in ok}
     ratio_lines = ["", "| ratio (same run) | frames | peak | step time |", "|---|---:|---:|---:|"]
     for (name, frames), r in sorted(by.items()):
-        model, _, rest = name.partition(":")
-        if not rest.startswith("lora"):
-            continue
-        full = by.get((f"{model}:full", frames))
+        if _canonical(r) is not None:
+            continue  # the comparison table has these
+        full = next((f for f in ok if _group(f) == _group(r) and f["frames"] == frames
+                     and _canonical(f) == "full"), None)
         if full is None:
             continue
-        ratio_lines.append(f"| {name} / {model}:full | {frames} | {r['peak_bytes'] / full['peak_bytes']:.2f} | "
+        ratio_lines.append(f"| {name} / {full['config']} | {frames} | {r['peak_bytes'] / full['peak_bytes']:.2f} | "
                            f"{r['median_step_s'] / full['median_step_s']:.2f} |")
+    if len(ratio_lines) == 3:
+        ratio_lines = []
     fits = ["", "| config | GiB/1000 frames (fit) | fixed GiB (fit) | largest max_frames_in_batch under 16 GiB |",
             "|---|---:|---:|---:|"]
     for name in dict.fromkeys(r["config"] for r in ok):
@@ -409,7 +566,9 @@ def report(results: list[dict]) -> str:
         fit16 = int((16 - icpt) / slope) if slope > 0 else None
         fits.append(f"| {name} | {slope * 1000:.2f} | {icpt:.2f} | "
                     f"{'no limit found (slope <= 0)' if fit16 is None else fit16} (extrapolated) |")
-    return "\n".join(lines + ratio_lines + fits)
+    checkpointed = sorted({ln for r in ok for ln in r.get("levers_log", []) if "gradient_checkpointing of" in ln})
+    notes = ["", "Checkpointed (from the levers' log):"] + [f"- {ln}" for ln in checkpointed] if checkpointed else []
+    return "\n".join([comparison(results), ""] + lines + ratio_lines + fits + notes)
 
 
 def _fit(pts: list[tuple[float, float]]) -> tuple[float, float]:
@@ -424,12 +583,15 @@ def _fit(pts: list[tuple[float, float]]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--upstream", help="patched CosyVoice tree (cosyext vendor + apply-patches)")
+    p.add_argument("--upstream", help="patched CosyVoice tree (cosyext vendor + apply-patches) for CosyVoice2")
+    p.add_argument("--upstream-cv3", help="CosyVoice tree at ace7c47 or later for CosyVoice3 (default: --upstream)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    p.add_argument("--only", nargs="*", help="configurations to run: NAME, NAME@FRAMES, or a model (llm/flow)")
+    p.add_argument("--only", nargs="*", help="configurations to run: NAME, NAME@FRAMES, a family (cv2/cv3), "
+                   "a model (llm/flow) or both (cv3-flow)")
     p.add_argument("--frames", nargs="*", type=int, help="keep only these max_frames_in_batch values")
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per configuration (default 1)")
     p.add_argument("--utt-frames", type=int, default=None, help="mel frames per utterance (default min(frames, 1000))")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0.0, the plugin's default)")
     p.add_argument("--malloc-mmap-threshold", type=int, default=0,
@@ -442,15 +604,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         c = json.loads(args.child)
-        spec = Spec(c["model"], c["lora"], tuple(c["levers"]), c["frames"])
+        spec = Spec(c["model"], c["lora"], tuple(c["levers"]), c["frames"], c.get("family", "cv2"))
         res = run_child(spec, c["steps"], c["warmup"], c["device"], c["utt_frames"], c["lora_dropout"])
         print("RESULT " + json.dumps(res), flush=True)
         return 0
     if args.report:
         print(report(json.loads(Path(args.report).read_text())["results"]))
         return 0
-    if not args.upstream:
-        p.error("--upstream is required")
+    if not (args.upstream or args.upstream_cv3):
+        p.error("--upstream (and/or --upstream-cv3) is required")
     results = run_parent(args)
     print()
     print(report(results))

@@ -574,7 +574,17 @@ def test_benchmark_script_builds_upstream_shaped_batches():
     b = bench.make_batch(2000, None)
     assert b["speech_feat"].shape == (2, 1000, 80) and b["speech_token"].shape == (2, 500)
     assert int(b["speech_feat_len"].sum()) == 2000 and int(b["text_token_len"][0]) == 70
+    assert "instruct_token" not in b and bench.make_batch(400, None, family="cv3")["instruct_token"].shape == (1, 8)
     assert bench.Spec.parse("llm:lora+all", 400).memory_section() == {
-        "gradient_checkpointing": True, "skip_unused_logits": True, "autocast": "bf16"}
+        "gradient_checkpointing": True, "skip_unused_logits": True, "release_cpu_memory": False, "autocast": "bf16"}
+    flow = bench.Spec.parse("cv3-flow:lora+levers", 2000)
+    assert (flow.family, flow.model, flow.levers, flow.name) == ("cv3", "flow", ("ckpt", "release"),
+                                                                 "cv3-flow:lora+ckpt+release")
+    # the issue-9 comparison: both families, both models, full / LoRA / LoRA+levers at 400 and 2000 frames
+    matrix = {(s.group, s.frames, bench._canonical(vars(s) | {"levers": list(s.levers)})) for s in bench.select(None)}
+    assert {(f"{fam}-{m}", f, c) for fam in ("cv2", "cv3") for m in ("llm", "flow") for f in (400, 2000)
+            for c in ("full", "lora", "lora+levers")} <= matrix
     with pytest.raises(SystemExit):
         bench.Spec.parse("llm:lora+fast", 400)
+    with pytest.raises(SystemExit):
+        bench.Spec.parse("cv4-llm:lora", 400)

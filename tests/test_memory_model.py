@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import pytest
 
+from cosyvoice_ext import family as families
 from cosyvoice_ext.memory import model as mm
 
 
 def test_reproduces_the_measured_lora_peaks():
     assert mm.LORA_PEAKS, "the model needs measurements (BENCHMARKS.md)"
-    for (model, levers), points in mm.LORA_PEAKS.items():
+    for (fam, model, levers), points in mm.LORA_PEAKS.items():
         kw = {"gradient_checkpointing": "ckpt" in levers, "skip_unused_logits": "skip" in levers,
               "autocast": "bf16" if "amp" in levers else "off"}
         for frames, gib in points.items():
-            est = mm.estimate_peak_gib(model, frames, lora=True, **kw)
-            assert est == pytest.approx(gib + mm.CUDA_CONTEXT_GIB, abs=0.05), (model, levers, frames)
+            est = mm.estimate_peak_gib(model, frames, lora=True, family=fam, **kw)
+            assert est == pytest.approx(gib + mm.CUDA_CONTEXT_GIB, abs=0.05), (fam, model, levers, frames)
+
+
+def test_every_family_and_model_is_measured():
+    """The family names are cosyvoice_ext.family's; each (family, model) has sizes, a LoRA line and factors."""
+    assert set(mm.FAMILIES) == set(families.FAMILIES)
+    for fam in mm.FAMILIES:
+        for model in mm.MODELS:
+            assert (fam, model, frozenset()) in mm.LORA_PEAKS and (fam, model) in mm.SLOPE_FACTORS
+            assert 0 < mm.SIZES_BY_FAMILY[fam][model].lora_trainable < mm.SIZES_BY_FAMILY[fam][model].params
 
 
 @pytest.mark.parametrize("frames, measured", [(400, 8.61), (2000, 9.39)])
@@ -26,32 +36,55 @@ def test_full_fine_tune_matches_its_measurements(frames, measured):
     assert est == pytest.approx(measured, rel=0.1)
 
 
-@pytest.mark.parametrize("model", ["llm", "flow"])
-def test_grows_with_frames_and_lora_is_smaller(model):
+@pytest.mark.parametrize("fam", mm.FAMILIES)
+@pytest.mark.parametrize("model", mm.MODELS)
+def test_grows_with_frames_and_lora_is_smaller(model, fam):
     for lora in (False, True):
-        a, b = (mm.estimate_peak_gib(model, f, lora=lora) for f in (400, 2000))
+        a, b = (mm.estimate_peak_gib(model, f, lora=lora, family=fam) for f in (400, 2000))
         assert 0 < a <= b
-    assert mm.estimate_peak_gib(model, 400, lora=True) < mm.estimate_peak_gib(model, 400, lora=False)
+    assert mm.estimate_peak_gib(model, 400, lora=True, family=fam) < \
+        mm.estimate_peak_gib(model, 400, lora=False, family=fam)
 
 
-def test_llm_levers_never_cost_memory_and_are_ignored_for_flow():
-    plain = mm.estimate_peak_gib("llm", 2000, lora=True)
-    for kw in ({"gradient_checkpointing": True}, {"skip_unused_logits": True},
-               {"gradient_checkpointing": True, "skip_unused_logits": True}):
-        assert mm.estimate_peak_gib("llm", 2000, lora=True, **kw) <= plain + 1e-9, kw
-    assert mm.estimate_peak_gib("flow", 2000, lora=True, gradient_checkpointing=True, skip_unused_logits=True) == \
-        mm.estimate_peak_gib("flow", 2000, lora=True)
+def test_the_default_family_is_cosyvoice2():
+    for model in mm.MODELS:
+        assert mm.estimate_peak_gib(model, 2000, lora=True) == \
+            mm.estimate_peak_gib(model, 2000, lora=True, family="cosyvoice2")
+
+
+def test_cosyvoice3_flow_is_the_bigger_model():
+    """The DiT flow has ~3x the CosyVoice2 flow's parameters: its full fine-tune needs more at any size."""
+    for frames in (0, 400, 2000):
+        assert mm.estimate_peak_gib("flow", frames, lora=False, family="cosyvoice3") > \
+            mm.estimate_peak_gib("flow", frames, lora=False, family="cosyvoice2")
+
+
+@pytest.mark.parametrize("fam", mm.FAMILIES)
+def test_levers_never_cost_memory(fam):
+    for model in mm.MODELS:
+        plain = mm.estimate_peak_gib(model, 2000, lora=True, family=fam)
+        for kw in ({"gradient_checkpointing": True}, {"skip_unused_logits": True}, {"autocast": "bf16"},
+                   {"gradient_checkpointing": True, "skip_unused_logits": True}):
+            assert mm.estimate_peak_gib(model, 2000, lora=True, family=fam, **kw) <= plain + 1e-9, (model, kw)
+
+
+@pytest.mark.parametrize("fam", mm.FAMILIES)
+def test_checkpointing_applies_to_the_flow_and_skip_logits_does_not(fam):
+    plain = mm.estimate_peak_gib("flow", 2000, lora=True, family=fam)
+    assert mm.estimate_peak_gib("flow", 2000, lora=True, family=fam, gradient_checkpointing=True) < plain
+    assert mm.estimate_peak_gib("flow", 2000, lora=True, family=fam, skip_unused_logits=True) == plain
 
 
 @pytest.mark.parametrize("model, lora", [("llm", False), ("llm", True), ("flow", True)])
 @pytest.mark.parametrize("budget", [8.0, 16.0, 24.0])
-def test_max_frames_fitting_is_the_inverse(model, lora, budget):
-    fit = mm.max_frames_fitting(model, budget, lora=lora, headroom=0.9)
+@pytest.mark.parametrize("fam", mm.FAMILIES)
+def test_max_frames_fitting_is_the_inverse(model, lora, budget, fam):
+    fit = mm.max_frames_fitting(model, budget, lora=lora, headroom=0.9, family=fam)
     if fit == 0:
-        assert mm.estimate_peak_gib(model, 0, lora=lora) > 0.9 * budget
+        assert mm.estimate_peak_gib(model, 0, lora=lora, family=fam) > 0.9 * budget
         return
-    assert mm.estimate_peak_gib(model, fit, lora=lora) <= 0.9 * budget + 1e-9
-    assert mm.estimate_peak_gib(model, fit + 1, lora=lora) > 0.9 * budget
+    assert mm.estimate_peak_gib(model, fit, lora=lora, family=fam) <= 0.9 * budget + 1e-9
+    assert mm.estimate_peak_gib(model, fit + 1, lora=lora, family=fam) > 0.9 * budget
 
 
 def test_full_llm_fine_tune_does_not_fit_a_small_card():
@@ -62,6 +95,8 @@ def test_full_llm_fine_tune_does_not_fit_a_small_card():
 @pytest.mark.parametrize("call", [
     lambda: mm.estimate_peak_gib("hift", 400, lora=False),
     lambda: mm.estimate_peak_gib("llm", 400, lora=True, autocast="fp8"),
+    lambda: mm.estimate_peak_gib("flow", 400, lora=True, family="cosyvoice4"),
+    lambda: mm.max_frames_fitting("flow", 16, lora=True, family="CosyVoice3"),
 ])
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
