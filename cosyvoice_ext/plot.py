@@ -5,8 +5,15 @@ grad_norm and each loss-dict entry such as loss, acc) and `CV/<name>` once per s
 (`log_per_save`: epoch, lr and the CV losses), all at x = step + 1. A resumed run appends a new
 event file to the same directory; the newest value written for a step wins.
 
-Reading goes through tensorboard's EventAccumulator. tensorboard 2.14 (upstream's pin) still names
-`np.string_`/`np.unicode_`, which NumPy 2 removed, so those two aliases exist while it runs.
+Event files are read record by record here (TFRecord framing: length, masked CRC32C of the
+length, the `Event` protobuf, its masked CRC32C), not through tensorboard's EventAccumulator,
+which stops silently at the first bad record: a file cut off in its last record (training still
+writing, or killed mid-write) is plotted up to the cut with a warning, and a record that fails its
+CRC check is an error naming the file and the byte. tensorboard 2.14 (upstream's pin) still names
+`np.string_`/`np.unicode_`, which NumPy 2 removed, so those two aliases exist while it decodes.
+
+Output goes to a temporary file beside ``-o`` and is renamed over it, and ``-o`` is refused when it
+is (or links to) an input events file, or would itself be read as one next time.
 """
 
 from __future__ import annotations
@@ -15,13 +22,18 @@ import contextlib
 import csv
 import dataclasses
 import io
-import logging
-from collections.abc import Iterator, Sequence
+import os
+import struct
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import UsageError
+from .safe_paths import check_writable, entry, same_file
 
 EVENT_GLOB = "events.out.tfevents.*"
+EVENT_PREFIX = "events.out.tfevents."
 SPLITS = ("TRAIN", "CV")
 
 
@@ -72,22 +84,78 @@ def event_dirs(path: Path) -> list[Path]:
     return dirs
 
 
-def read_scalars(directory: Path) -> dict[str, dict[int, float]]:
-    """tag -> {step: value} for every scalar in one event directory (later writes of a step win)."""
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its INFO lines narrate file polling
+def read_scalars(directory: Path, warn: Callable[[str], None] | None = None) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} for every scalar in one event directory's files (later writes of a step win)."""
+    series: dict[str, dict[int, tuple[float, float]]] = {}
     with _numpy2_aliases():
-        from tensorboard.backend.event_processing import event_accumulator as ea
+        for path in sorted(p for p in Path(directory).glob(EVENT_GLOB) if p.is_file()):
+            for wall_time, step, tag, value in read_events(path, warn or _warn):
+                old = series.setdefault(tag, {}).get(step)
+                if old is None or wall_time >= old[0]:
+                    series[tag][step] = (wall_time, value)
+    return {tag: {s: v for s, (_, v) in sorted(values.items())} for tag, values in series.items()}
 
-        acc = ea.EventAccumulator(str(directory), size_guidance={ea.SCALARS: 0})
-        acc.Reload()
-        out: dict[str, dict[int, float]] = {}
-        for tag in acc.Tags().get("scalars", []):
-            series: dict[int, tuple[float, float]] = {}
-            for ev in acc.Scalars(tag):
-                if ev.step not in series or ev.wall_time >= series[ev.step][0]:
-                    series[ev.step] = (ev.wall_time, float(ev.value))
-            out[tag] = {s: v for s, (_, v) in sorted(series.items())}
+
+def read_events(path: Path, warn: Callable[[str], None]) -> list[tuple[float, int, str, float]]:
+    """(wall_time, step, tag, value) of every scalar in one events file, CRCs checked.
+
+    A file that ends inside a record is read up to it (``warn`` says so); a record whose length or
+    data fails its CRC check, or does not parse, is a UsageError naming the file and the byte.
+    """
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    data = path.read_bytes()
+    out: list[tuple[float, int, str, float]] = []
+    pos = records = 0
+    while pos < len(data):
+        header = data[pos:pos + 12]
+        if len(header) == 12 and masked_crc32c(header[:8]) != struct.unpack("<I", header[8:])[0]:
+            raise _corrupt(path, pos, records, "the record length fails its CRC check")
+        length = struct.unpack("<Q", header[:8])[0] if len(header) == 12 else 0
+        end = pos + 12 + length + 4
+        if len(header) < 12 or end > len(data):
+            warn(f"warning: events file {path} ends in a cut-off record at byte {pos} (training still writing, or "
+                 f"killed mid-write): plotting the {records} record(s) before it")
+            break
+        body = data[pos + 12:pos + 12 + length]
+        if masked_crc32c(body) != struct.unpack("<I", data[end - 4:end])[0]:
+            raise _corrupt(path, pos, records, "the record data fails its CRC check")
+        event = event_pb2.Event()
+        try:
+            event.ParseFromString(body)
+        except DecodeError as exc:
+            raise _corrupt(path, pos, records, f"not an Event ({exc})") from exc
+        for v in event.summary.value:
+            value = _scalar(v)
+            if value is not None:
+                out.append((event.wall_time, event.step, v.tag, value))
+        pos, records = end, records + 1
     return out
+
+
+def _scalar(value) -> float | None:
+    """A summary value's number: `simple_value` (what SummaryWriter.add_scalar writes) or a 1-element tensor."""
+    if value.HasField("simple_value"):
+        return float(value.simple_value)
+    if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+        from tensorboard.util import tensor_util
+
+        array = tensor_util.make_ndarray(value.tensor)
+        return float(array.item()) if array.size == 1 else None
+    return None
+
+
+def _corrupt(path: Path, pos: int, records: int, what: str) -> UsageError:
+    return UsageError(f"events file {path} is corrupt at byte {pos} (record {records + 1}: {what}); the "
+                      f"{records} record(s) before it are intact, what follows cannot be trusted",
+                      hint=f"mv {path} {path.parent}/corrupt-{path.name}   (then plot the rest; a copy from "
+                           "the training machine may be whole)")
+
+
+def _warn(message: str) -> None:
+    print(f"cosyext plot: {message}", file=sys.stderr)
 
 
 def curves_for(label: str, scalars: dict[str, dict[int, float]], metric: str) -> list[Curve]:
@@ -116,8 +184,12 @@ def _labels(paths: Sequence[Path]) -> list[tuple[str, Path]]:
 
 
 def load_runs(paths: Sequence[Path], metric: str = "loss") -> list[Curve]:
+    return _load(_labels(paths), metric)
+
+
+def _load(labelled: list[tuple[str, Path]], metric: str) -> list[Curve]:
     curves: list[Curve] = []
-    for label, d in _labels(paths):
+    for label, d in labelled:
         scalars = read_scalars(d)
         found = curves_for(label, scalars, metric)
         if not found:
@@ -126,6 +198,49 @@ def load_runs(paths: Sequence[Path], metric: str = "loss") -> list[Curve]:
                              hint="cosyext plot RUN_DIR --metric loss   (tags come from upstream's log_per_step)")
         curves.extend(found)
     return curves
+
+
+def check_output(out: Path, event_dirs: Sequence[Path]) -> None:
+    """UsageError when writing ``out`` would replace an input events file (as named, through a symlinked
+    folder, as a link to it or a hard link), create a file the next plot reads as one, or cannot happen."""
+    out = Path(out)
+    hint = "write the plot elsewhere, e.g. -o loss.png"
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a directory; name the file to write", hint=f"-o {out / 'loss.png'}")
+    where = entry(out)
+    for directory in event_dirs:
+        for events in sorted(Path(directory).glob(EVENT_GLOB)):
+            if where in (entry(events), events.resolve()):
+                why = f"is the input events file {events}"
+            elif out.is_symlink() and out.resolve() == events.resolve():
+                why = f"is a link to the input events file {events}"
+            elif where.is_file() and not where.is_symlink() and same_file(where, events):
+                why = f"is a hard link to the input events file {events}"
+            else:
+                continue
+            raise UsageError(f"-o {out} {why}: plot never writes over what it reads", hint=hint)
+    if where.name.startswith(EVENT_PREFIX) and where.parent in {Path(d).resolve() for d in event_dirs}:
+        raise UsageError(f"-o {out} would be read as an events file of {where.parent} by the next plot", hint=hint)
+    check_writable(where.parent, f"-o {out}", hint)
+
+
+def _write_atomic(out: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` beside ``out``, then rename over it: never half a file, never through a link at ``out``."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename or out}: {exc.strerror or exc}",
+                         hint="write the plot elsewhere, e.g. -o loss.png") from exc
+    return out
 
 
 def per_epoch(curve: Curve) -> Curve:
@@ -192,10 +307,7 @@ def render_png(curves: Sequence[Curve], out: Path, *, per: str, metric: str, tit
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return _write_atomic(Path(out), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot(paths: Sequence[Path], out: Path | None, *, fmt: str = "png", per: str = "step", metric: str = "loss",
@@ -203,16 +315,17 @@ def plot(paths: Sequence[Path], out: Path | None, *, fmt: str = "png", per: str 
     """Write the PNG (returns its path) or the CSV (to `out`, or returned as text when `out` is None)."""
     if per not in ("step", "epoch"):
         raise UsageError(f"--per must be 'step' or 'epoch', got {per!r}")
-    curves = load_runs(paths, metric)
+    if fmt != "csv" and out is None:
+        raise UsageError("a PNG needs an output file", hint="cosyext plot RUN_DIR -o loss.png")
+    labelled = _labels(paths)
+    if out is not None:
+        check_output(Path(out), [d for _, d in labelled])
+    curves = _load(labelled, metric)
     if per == "epoch":
         curves = [per_epoch(c) for c in curves]
     if fmt == "csv":
         text = to_csv(curves, metric)
         if out is None:
             return text
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
-        return Path(out)
-    if out is None:
-        raise UsageError("a PNG needs an output file", hint="cosyext plot RUN_DIR -o loss.png")
+        return _write_atomic(Path(out), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return render_png(curves, Path(out), per=per, metric=metric, title=title)

@@ -300,3 +300,50 @@ def test_prepare_nested_in_its_source_reads_no_output(tmp_path, capsys):
     assert _prepare(str(src), str(dest), "--resume") == 0
     out = capsys.readouterr().out
     assert "train: 3 utterances" in out and "0 computed, 3 reused" in out and "0 written, 1 reused" in out
+
+
+# --- plot ---------------------------------------------------------------------------------------------------
+
+
+def test_plot_never_writes_over_an_input_events_file(tmp_path, monkeypatch, capsys):
+    from tests.test_plot import write_run
+
+    tb = tmp_path / "exp" / "tb"
+    write_run(tb, epochs=1)
+    events = next(tb.glob("events.out.tfevents.*"))
+    (tmp_path / "link.csv").symlink_to(events)
+    (tmp_path / "tblink").symlink_to(tb, target_is_directory=True)
+    os.link(events, tmp_path / "hard.csv")
+    before = snapshot(tmp_path)
+    cases = {
+        str(events): "is the input events file",
+        f"{tmp_path}/exp/tb/../tb/{events.name}": "is the input events file",
+        f"{tmp_path}/tblink/{events.name}": "is the input events file",
+        str(tmp_path / "link.csv"): "is a link to the input events file",
+        str(tmp_path / "hard.csv"): "is a hard link to the input events file",
+        str(tb / "events.out.tfevents.new.png"): "would be read as an events file of",
+    }
+    for output, why in cases.items():
+        assert main(["plot", str(tmp_path / "exp"), "--format", "csv", "-o", output]) == 2, output
+        err = capsys.readouterr().err
+        assert f"-o {output} " in err and why in err, err
+        assert "next: " in err
+        assert snapshot(tmp_path) == before, output
+    assert main(["plot", str(tmp_path / "exp"), "-o", str(tb)]) == 2
+    assert f"-o {tb} is a directory" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "exp"), "-o", str(tb / "loss.png")]) == 0  # a new file beside them is fine
+    assert (tb / "loss.png").stat().st_size > 0 and events.read_bytes() == before[str(events.relative_to(tmp_path))]
+
+
+def test_plot_output_in_a_file_or_a_read_only_place(tmp_path, monkeypatch, capsys):
+    from tests.test_plot import write_run
+
+    write_run(tmp_path / "tb", epochs=1)
+    (tmp_path / "file").write_text("x")
+    assert main(["plot", str(tmp_path / "tb"), "-o", str(tmp_path / "file" / "loss.png")]) == 2
+    assert f"{tmp_path / 'file'} is a file, not a directory" in capsys.readouterr().err
+    (tmp_path / "ro").mkdir()
+    read_only(monkeypatch, tmp_path / "ro")
+    assert main(["plot", str(tmp_path / "tb"), "-o", str(tmp_path / "ro" / "loss.png")]) == 2
+    assert f"cannot write in {tmp_path / 'ro'}" in capsys.readouterr().err
+    assert not list((tmp_path / "ro").iterdir())

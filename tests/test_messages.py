@@ -256,3 +256,44 @@ def test_prepare_names_a_kaldi_file_that_is_not_utf8(tmp_path, capsys, name):
     assert f"{kaldi / name} is not UTF-8 text (line 2, byte" in err, err
     assert "next: iconv -f LATIN1 -t UTF-8" in err
     assert not (tmp_path / "out").exists()
+
+
+# --- plot: corrupt events files ------------------------------------------------------------------------------
+
+
+def _events(tmp_path):
+    from tests.test_plot import write_run
+
+    tb = tmp_path / "tb"
+    write_run(tb, epochs=2, steps_per_epoch=3)
+    return tb, next(tb.glob("events.out.tfevents.*"))
+
+
+def test_a_truncated_events_file_is_plotted_up_to_the_cut_and_says_so(tmp_path, capsys):
+    tb, events = _events(tmp_path)
+    argv = ["plot", str(tb), "--format", "csv", "--metric", "acc", "-o", "-"]
+    assert main(argv) == 0
+    whole = capsys.readouterr().out.splitlines()
+    data = events.read_bytes()
+    events.write_bytes(data[:-7])  # a kill in the middle of the last record: the last CV/acc value
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert cap.out.splitlines() == whole[:-1]  # every value before the cut
+    assert f"warning: events file {events} ends in a cut-off record at byte" in cap.err
+    assert "training still writing, or killed mid-write" in cap.err
+
+
+@pytest.mark.parametrize("damage", ["flip", "garbage"])
+def test_a_corrupt_events_file_is_an_error_naming_it(tmp_path, capsys, damage):
+    tb, events = _events(tmp_path)
+    data = bytearray(events.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data[:] = bytes(range(256)) * 8
+    events.write_bytes(bytes(data))
+    assert main(["plot", str(tb), "-o", str(tmp_path / "loss.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"events file {events} is corrupt at byte " in err and "fails its CRC check" in err, err
+    assert f"next: mv {events} {tb}/corrupt-{events.name}" in err
+    assert not (tmp_path / "loss.png").exists()
