@@ -86,3 +86,17 @@ def test_status_never_calls_a_partly_patched_tree_applied(upstream_at, tmp_path,
     assert main(["status", "--upstream", str(root)]) == 1
     out = capsys.readouterr().out
     assert "PARTLY patched" in out and "patch series applied" not in out
+
+
+def test_a_users_own_repository_is_not_told_to_check_out_an_upstream_commit(upstream_at, lock, tmp_path, capsys):
+    import git
+
+    root = plain_copy(upstream_at(MAIN, patched=False), tmp_path / "mine")
+    (root / "cosyvoice/utils/onnx.py").write_text("# my fork\n")
+    repo = git.Repo.init(root)
+    repo.index.add(["cosyvoice/utils/onnx.py"])
+    repo.index.commit("my fork")
+    assert main(["apply-patches", "--upstream", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "which is not a supported upstream commit" in err
+    assert "git -C" not in err and f"cosyext vendor NEWDIR --rev {lock.resolve(MAIN).name}" in err

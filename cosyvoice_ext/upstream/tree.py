@@ -113,8 +113,10 @@ def unsupported_error(rec: Recognition, lock: Lock) -> VerificationError:
         "is not at any supported upstream commit (compared by content; no git checkout to ask)"
     sample = "\n".join(f"  {s.state.value:8} {s.path}" for s in diff[:8]) + (
         f"\n  ... and {len(diff) - 8} more" if len(diff) > 8 else "")
-    fix_checkout = (f"git -C {rec.root} checkout {nearest.commit} (and its submodule)" if rec.head else
-                    f"cosyext vendor NEWDIR --rev {nearest.name}")
+    if rec.head and git_has_commit(rec.root, nearest.commit):
+        fix_checkout = f"git -C {rec.root} checkout {nearest.commit} (and its submodule)"
+    else:  # a plain tree, or a repository that is not an upstream clone: a fresh verified tree
+        fix_checkout = f"cosyext vendor NEWDIR --rev {nearest.name}"
     msg = (f"{rec.root} {at}.\n"
            f"The nearest supported commit is {nearest.label}: {len(diff)} of its {len(nearest.files)} locked "
            f"files differ:\n{sample}\n"
@@ -135,6 +137,17 @@ def submodule_missing(diff: list[FileState], commit: Commit) -> bool:
     """Every locked Matcha-TTS file is missing: a clone without its submodule."""
     matcha = {p for p in commit.files if p.startswith(pin.MATCHA_PATH + "/")}
     return bool(matcha) and matcha <= {s.path for s in diff if s.state is State.MISSING}
+
+
+def git_has_commit(root: Path, sha: str) -> bool:
+    """Whether the git repository at `root` holds commit `sha` (so checking it out can work)."""
+    try:
+        import git
+
+        git.Repo(root).commit(sha)
+        return True
+    except Exception:
+        return False
 
 
 def git_head(root: Path) -> str | None:
