@@ -218,6 +218,7 @@ def test_prepare_refuses_a_dest_holding_data_it_did_not_make(tmp_path, capsys):
         assert f"{dest} already holds data 'cosyext prepare' did not make" in err, err
         assert "train/data.list" in err and "train/parquet/parquet_000000000.parquet" in err
         assert "next: " in err and "--force" in err
+        assert ("DEST holds none: no .cosyext-prepare/" in err) == bool(extra)
         assert snapshot(dest) == before
 
 

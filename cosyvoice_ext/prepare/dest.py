@@ -77,8 +77,10 @@ def check(src: Path, dest: Path, *, resume: bool, force: bool) -> None:
     if found:
         shown = ", ".join(str(p.relative_to(dest)) for p in found[:_SHOWN])
         more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+        resume_note = " (--resume continues a 'cosyext prepare' run, and DEST holds none: no .cosyext-prepare/)" \
+            if resume else ""
         raise UsageError(f"{dest} already holds data 'cosyext prepare' did not make ({shown}{more}); writing there "
-                         "would overwrite or delete it",
+                         f"would overwrite or delete it{resume_note}",
                          hint=f"{hint_new}   (or --force: replaces only the files prepare writes, keeps the rest)")
 
 
