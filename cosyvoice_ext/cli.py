@@ -79,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"cosyvoice_ext.commands.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"cosyvoice_ext.commands.{mod}":
-                continue  # a command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"cosyvoice_ext.commands.{mod}").register(sub)
     return parser
 
 

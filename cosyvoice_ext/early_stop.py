@@ -1,4 +1,5 @@
-"""Early-stopping state and the `best.yaml` pointer (the plugin in hooks/early_stop.py drives it)."""
+"""Early-stopping state and the `best.yaml` pointer (the built-in plugin :mod:`cosyvoice_ext.builtin.early_stop`
+drives it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .errors import ConfigError, UsageError
 
 KEY = "early_stop"
 BEST_FILE = "best.yaml"
+HINT = "e.g. early_stop: {patience: 5, min_delta: 0.001, metric: loss} (docs/plugins.md)"
 
 
 @dataclass(frozen=True)
@@ -25,24 +27,29 @@ class Settings:
 
 
 def parse_settings(configs: Mapping[str, Any]) -> Settings | None:
-    """The validated `cosyext.early_stop` section, or None when absent."""
+    """The validated `cosyext.early_stop` section of a loaded config, or None when absent."""
     section = (configs.get("cosyext") or {}) if isinstance(configs, Mapping) else {}
-    raw = section.get(KEY) if isinstance(section, Mapping) else None
+    return parse_value(section.get(KEY) if isinstance(section, Mapping) else None)
+
+
+def parse_value(raw: Any) -> Settings | None:
+    """`cosyext.early_stop`'s value -> Settings (None when empty); the parser training and lint share."""
     if raw is None:
         return None
     where = f"cosyext.{KEY}"
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a mapping like {{patience: 5, min_delta: 0.001}}")
-    reject_unknown_keys(raw, ("patience", "min_delta", "metric"), where, lambda key, msg: ConfigError(msg, key=key))
+        raise ConfigError("must be a mapping like {patience: 5, min_delta: 0.001}", key=where, hint=HINT)
+    reject_unknown_keys(raw, ("patience", "min_delta", "metric"), where,
+                        lambda key, msg: ConfigError(msg, key=key, hint=HINT))
     patience = raw.get("patience")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ConfigError(f"{where}.patience: must be an integer >= 1, got {patience!r}")
+        raise ConfigError(f"must be an integer >= 1, got {patience!r}", key=f"{where}.patience", hint=HINT)
     min_delta = raw.get("min_delta", 0.0)
     if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
-        raise ConfigError(f"{where}.min_delta: must be a number >= 0, got {min_delta!r}")
+        raise ConfigError(f"must be a number >= 0, got {min_delta!r}", key=f"{where}.min_delta", hint=HINT)
     metric = raw.get("metric", "loss")
     if not isinstance(metric, str) or not metric:
-        raise ConfigError(f"{where}.metric: must be the name of a CV loss, e.g. loss")
+        raise ConfigError("must be the name of a CV loss, e.g. loss", key=f"{where}.metric", hint=HINT)
     return Settings(patience, float(min_delta), metric)
 
 

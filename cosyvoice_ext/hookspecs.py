@@ -1,8 +1,11 @@
 """Every cosyvoice-ext hook, in lifecycle order. Plugin authors: implement these with `@hookimpl`.
 
-A plugin is any module or object registered under the entry-point group ``cosyvoice_ext``
-(built-ins in ``cosyvoice_ext.hooks`` are registered the same way). Implement only the hooks you
-need; argument names must match the specs below, but you may accept a subset of them.
+A plugin is any module or object registered under the entry-point group ``cosyvoice_ext`` (the
+built-ins in :data:`cosyvoice_ext.plugins.DEFAULT_PLUGINS` are registered by import in every
+process). Implement only the hooks you need; argument names must match the specs below, but you may
+accept a subset of them. A function named ``cosyext_*`` that is not one of these hooks (a typo such
+as ``cosyext_configur``) stops plugin loading with an error naming the plugin. docs/plugins.md has
+an example of each hook.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-# --- registration: called once per process when the manager is created -------------------------
+# --- registration: called when lint or training start-up needs them --------------------------------
 
 @hookspec
 def cosyext_register_lint_rules(register: Callable[..., None]) -> None:
@@ -28,10 +31,14 @@ def cosyext_register_lint_rules(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def cosyext_section_keys() -> list[str]:
-    """Top-level keys of the ``cosyext:`` config section this plugin owns.
+def cosyext_register_config_sections(register: Callable[[str, Callable[[Any], Any]], None]) -> None:
+    """Own keys of the ``cosyext:`` config section: call ``register(key, parse)`` for each.
 
-    Core reports any other key as unknown (with the closest match), so a typo never goes unnoticed.
+    ``parse(value)`` gets ``configs['cosyext'][key]`` (None when the key is empty) and returns the
+    validated settings or raises :class:`cosyvoice_ext.errors.ConfigError` whose ``key`` is the
+    dotted path of the bad entry (``cosyext.acme.level``). Training start-up and ``cosyext lint``
+    call the same parser; lint points at the line of that key. A key registered by two plugins is an
+    error naming both, and a key nobody registered is refused with the closest valid key.
     """
 
 
@@ -41,8 +48,9 @@ def cosyext_section_keys() -> list[str]:
 def cosyext_configure(configs: dict, args: Any) -> None:
     """After upstream loaded the HyperPyYAML config (``check_modify_and_save_config``).
 
-    ``configs`` is the loaded dict (the ``cosyext`` section included); plugins validate their
-    settings here so a bad key fails before any model work.
+    ``configs`` is the loaded dict (the ``cosyext`` section included, already checked by the
+    section parsers); plugins prepare their run-time state here so a bad setting fails before any
+    model work.
     """
 
 
@@ -62,7 +70,11 @@ def cosyext_optimizer_params(model: Any, configs: dict, args: Any) -> list | Non
 
 @hookspec(firstresult=True)
 def cosyext_checkpoint_state(model: Any, info_dict: dict) -> dict | None:
-    """The state dict ``save_model`` writes. Stops at the first non-None result; None = upstream's."""
+    """The state dict ``save_model`` writes. Stops at the first non-None result; None = upstream's.
+
+    Called on rank 0 only. :func:`cosyvoice_ext.resume.capture` gives the optimizer, scheduler,
+    grad-scaler and RNG states of every rank, for checkpoints that should resume exactly.
+    """
 
 
 @hookspec

@@ -18,7 +18,7 @@ from cosyvoice_ext import checkpoints, relay
 from cosyvoice_ext.errors import CheckpointError, ConfigError
 from cosyvoice_ext.lora import training
 from cosyvoice_ext.lora.merge import merge_into_stock
-from cosyvoice_ext.plugins import new_manager, reset_manager
+from cosyvoice_ext.plugins import hooks, new_manager, reset_manager
 from tests.test_lora_helpers import (  # cv3*: fixtures, registered by importing them here
     cv3, cv3_outputs, cv3_root, cv3_tree, load_configs, max_abs_diff, outputs, randomize_lora, tiny_workspace,
     train_args,
@@ -31,11 +31,9 @@ def ws(tmp_path_factory, upstream_tree):
 
 
 @pytest.fixture
-def plugin_manager(monkeypatch):
-    """The real manager loading the built-in `lora` plugin through its entry point, like any other plugin."""
-    monkeypatch.delenv("COSYEXT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    monkeypatch.setenv("COSYEXT_PLUGINS", "lora")
-    pm = new_manager()
+def plugin_manager():
+    """The real manager with the built-in plugins (registered by import in every manager)."""
+    pm = new_manager(autoload=False)
     reset_manager(pm)
     yield pm
     reset_manager(None)
@@ -81,9 +79,10 @@ def test_injection_targets_exist_and_base_is_frozen(ws, name, n_targets, caplog)
 
 
 def test_hooks_through_the_relay(ws, plugin_manager):
-    """The patched train_utils calls relay.*; the entry-point plugin answers."""
+    """The patched train_utils calls relay.*; the built-in plugin answers."""
     assert plugin_manager.get_plugin("lora") is not None
-    assert ["llm", "flow"] in plugin_manager.hook.cosyext_section_keys()
+    sections = hooks(plugin_manager).register_config_sections()
+    assert (sections["llm"].plugin, sections["flow"].plugin) == ("lora", "lora")
     configs = load_configs(ws, "llm")
     args = train_args("llm", ws.base["llm"])
     relay.configure(args, configs)

@@ -507,7 +507,7 @@ def test_release_cpu_memory_is_a_plain_switch():
 
 @pytest.fixture
 def memory_plugin():
-    import cosyvoice_ext.hooks.memory as plugin
+    import cosyvoice_ext.builtin.memory as plugin
 
     pm = new_manager(autoload=False)
     pm.register(plugin, name="memory")
@@ -550,13 +550,12 @@ def test_plugin_without_section_changes_nothing(memory_plugin, tiny):
     assert not model.llm.model.is_gradient_checkpointing
 
 
-def test_memory_plugin_is_a_registered_entry_point():
-    """Built-ins load like third-party plugins: pyproject must name it in the cosyvoice_ext group."""
-    from importlib.metadata import entry_points
+def test_memory_plugin_is_a_default_plugin():
+    """Built-ins are registered by import in every manager, whatever the environment says."""
+    from cosyvoice_ext.plugins import DEFAULT_PLUGINS
 
-    names = {ep.name: ep.value for ep in entry_points(group="cosyvoice_ext")}
-    assert names.get("memory") == "cosyvoice_ext.hooks.memory", \
-        "add `memory = \"cosyvoice_ext.hooks.memory\"` to [project.entry-points.cosyvoice_ext] and reinstall"
+    assert dict(DEFAULT_PLUGINS)["memory"] == "cosyvoice_ext.builtin.memory"
+    assert new_manager(autoload=False).get_plugin("memory") is not None
 
 
 def test_benchmark_script_builds_upstream_shaped_batches():

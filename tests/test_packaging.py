@@ -30,7 +30,7 @@ def test_wheel_has_every_module_and_data_file(wheel):
     names = set(wheel.namelist())
     expected = {f"cosyvoice_ext/{p.relative_to(ROOT / 'cosyvoice_ext')}" for p in (ROOT / "cosyvoice_ext").rglob("*.py")
                 if "__pycache__" not in p.parts}
-    expected |= {f"cosyvoice_ext/hooks/{p.name}" for p in (ROOT / "hooks").glob("*.py")}
+    assert not (ROOT / "hooks").exists(), "built-in plugins live in cosyvoice_ext/builtin/"
     expected |= {f"cosyvoice_ext/patches/{p.relative_to(ROOT / 'patches')}" for p in (ROOT / "patches").rglob("*")
                  if p.suffix in (".patch", ".diff") or p.name in ("series", "vendor.lock")}
     assert any(n.endswith("/resolutions/0007-training-without-inference-imports.patch.diff") for n in expected)
@@ -39,10 +39,15 @@ def test_wheel_has_every_module_and_data_file(wheel):
     assert lock == (ROOT / "vendor.lock").read_bytes()
 
 
-def test_wheel_declares_plugins_and_console_script(wheel):
+def test_wheel_carries_the_builtin_plugins_and_the_console_script(wheel):
+    """Built-ins are modules of the package (registered by import, not entry points): no package-dir remapping."""
+    from cosyvoice_ext.plugins import DEFAULT_PLUGINS
+
     meta = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
     text = wheel.read(meta).decode()
-    assert "cosyext = cosyvoice_ext.cli:main" in text
-    for plugin, module in (("lora", "cosyvoice_ext.hooks.lora"), ("early_stop", "cosyvoice_ext.hooks.early_stop"),
-                           ("lint_rules", "cosyvoice_ext.lint.plugin"), ("memory", "cosyvoice_ext.hooks.memory")):
-        assert f"{plugin} = {module}" in text
+    assert "cosyext = cosyvoice_ext.cli:main" in text and "[cosyvoice_ext]" not in text
+    names = set(wheel.namelist())
+    for _, module in DEFAULT_PLUGINS:
+        assert f"{module.replace('.', '/')}.py" in names
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"hooks"' not in pyproject and "cosyvoice_ext.hooks" not in pyproject

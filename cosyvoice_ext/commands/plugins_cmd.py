@@ -10,8 +10,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plugins",
         help="list loaded plugins and their hooks",
-        description="List cosyvoice_ext plugins (built-in and third-party entry points) and their hooks.\n\n"
-        "example: cosyext plugins --format json",
+        description="List cosyvoice_ext plugins (built-in and third-party entry points), their hooks and the\n"
+        "cosyext: config keys each owns. The built-ins are always loaded; COSYEXT_DISABLE_PLUGIN_AUTOLOAD=1\n"
+        "skips third-party plugins and COSYEXT_PLUGINS=a,b loads only those (docs/plugins.md).\n\n"
+        "examples:\n  cosyext plugins\n  cosyext plugins --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--format", choices=["text", "json"], default="text")
@@ -25,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    if not rows:
-        print("no plugins loaded")
     for row in rows:
         print(f"{row['name']}  ({row['module']}; {row['origin']})")
+        if row["config_keys"]:
+            print(f"    cosyext: keys {', '.join(row['config_keys'])}")
         for hook in row["hooks"]:
             print(f"    {hook}")
     return 0

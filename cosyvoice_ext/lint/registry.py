@@ -58,22 +58,17 @@ class RuleRegistry:
 
 
 def collect(pm: pluggy.PluginManager | None = None) -> RuleRegistry:
-    """Call every plugin's hook implementation with a register callback bound to that plugin."""
-    if pm is None:
-        from ..plugins import get_manager
+    """Every plugin's rules, each plugin with its own register callback (so errors name it).
 
-        pm = get_manager()
+    An empty registry is an error: a linter without rules would report "All checks passed." for anything.
+    """
+    from ..plugins import DEFAULT_PLUGINS, hooks
+
     reg = RuleRegistry()
-    for impl in pm.hook.cosyext_register_lint_rules.get_hookimpls():
-        plugin = impl.plugin_name
-
-        def register(rule: Any, _plugin: str = plugin) -> None:
-            reg.add(rule, _plugin)
-
-        try:
-            impl.function(**({"register": register} if "register" in impl.argnames else {}))
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin '{plugin}' failed while registering lint rules: {exc!r}", hint=_HINT) from exc
+    hooks(pm).register_lint_rules(reg.add)
+    if not reg.rules:
+        builtin = dict(DEFAULT_PLUGINS)["lint_rules"]
+        raise PluginError(f"no lint rules are registered: the plugin manager lacks the built-in plugin "
+                          f"'lint_rules' ({builtin}) and no other plugin contributes rules, so lint would pass "
+                          "anything", hint="reinstall cosyvoice-ext (pip install --force-reinstall cosyvoice-ext)")
     return reg

@@ -172,6 +172,11 @@ def parse_section(configs: Mapping[str, Any]) -> dict[str, LoraSettings]:
     return out
 
 
+def parse_model_value(model: str, value: Any) -> LoraSettings | None:
+    """``cosyext.<model>``'s value -> LoraSettings (None when empty); the parser training and lint share."""
+    return None if value is None else parse_model_section(model, value)
+
+
 def parse_model_section(model: str, value: Any, prefix: str | None = None) -> LoraSettings:
     """One model's section -> LoraSettings; raises LoraConfigError naming the first bad key."""
     prefix = prefix or f"{SECTION}.{model}"

@@ -68,8 +68,12 @@ def parse_memory_section(configs: Mapping[str, Any]) -> MemorySettings:
     """The levers of a loaded (or only parsed) config; all off when there is no ``cosyext.memory``."""
     section = configs.get(SECTION) if isinstance(configs, Mapping) else None
     if not isinstance(section, Mapping):
-        return MemorySettings()  # a non-mapping cosyext: is the LoRA parser's to report
-    value = section.get(KEY)
+        return MemorySettings()  # a non-mapping cosyext: is core's to report
+    return parse_memory_value(section.get(KEY))
+
+
+def parse_memory_value(value: Any) -> MemorySettings:
+    """``cosyext.memory``'s value -> MemorySettings; the parser training start-up and lint share."""
     prefix = f"{SECTION}.{KEY}"
     if value is None:
         return MemorySettings()

@@ -16,10 +16,9 @@ from cosyvoice_ext.lint import Issue, LintContext, Rule
 from cosyvoice_ext.lint.document import RefError
 from cosyvoice_ext.lint.pipeline import find, stages
 from cosyvoice_ext.lint.yamlpos import YMap, YNode, YScalar
-from cosyvoice_ext.lora.config import MODELS, PRESETS, SCHEMA, LoraConfigError, parse_model_section
-
-COSYEXT_KEYS = (*MODELS, "lint")
-LINT_KEYS = ("select", "ignore")
+from cosyvoice_ext.config_keys import is_unknown_key, unknown_key_message
+from cosyvoice_ext.errors import ConfigError
+from cosyvoice_ext.lora.config import MODELS, PRESETS
 
 # Representative module names of CosyVoice2's models (DESIGN.md §7), for a static sanity check of
 # target_modules; `cosyext` resolves targets against the real model at train time.
@@ -176,76 +175,82 @@ def _section(ctx: LintContext) -> YMap | None:
     return n if isinstance(n, YMap) else None
 
 
-def _node_for(ctx: LintContext, dotted: str) -> YNode | None:
+def _node_for(ctx: LintContext, dotted: str, *, key: bool = False, exact: bool = False) -> YNode | None:
+    """The node a ConfigError's dotted key names (``cosyext.llm.target_modules[1]``): the key itself when
+    ``key`` (an unknown key), else its value; the nearest existing parent when it has neither (None when
+    ``exact``)."""
     parts: list[Any] = []
     for p in dotted.split("."):
         m = re.match(r"^(.*?)((\[\d+\])*)$", p)
         parts.append(m.group(1))
         parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
     while parts:
-        n = ctx.doc.node(*parts)
-        if n is not None:
+        n = ctx.doc.key(*parts) if key and isinstance(parts[-1], str) else None
+        n = n or ctx.doc.node(*parts)
+        if n is not None or exact:
             return n
         parts.pop()
     return None
 
 
+def _section_errors(ctx: LintContext, sec: YMap) -> Iterator[tuple[ConfigError, bool]]:
+    """Every ``cosyext:`` key through the parser its plugin registered: the very function training start-up
+    calls (:func:`cosyvoice_ext.plugins.check_config`). Yields (error, is it an unknown key); after an
+    unknown key the parse goes on without it, so one run reports each unknown key and the first bad value."""
+    from cosyvoice_ext.plugins import hooks, parse_section
+
+    sections = hooks().register_config_sections()
+    seen: set[str] = set()
+    for k, _ in sec.items:
+        if not isinstance(k, YScalar) or k.raw in seen:
+            continue
+        seen.add(k.raw)
+        owner = sections.get(k.raw)
+        if owner is None:
+            yield ConfigError(unknown_key_message(k.raw, sorted(sections)), key=f"cosyext.{k.raw}"), True
+            continue
+        value = ctx.doc.value("cosyext", k.raw)
+        dropped = False
+        for _ in range(len(value) + 1 if isinstance(value, dict) else 1):
+            try:
+                parse_section(owner, value)
+                break
+            except ConfigError as exc:
+                unknown = is_unknown_key(exc)
+                if not unknown and dropped and _node_for(ctx, exc.key or "", exact=True) is None:
+                    break  # a required key missing: most likely the misspelled one just reported
+                yield exc, unknown
+                parent, _, bad = (exc.key or "").rpartition(".")
+                if not (unknown and parent == f"cosyext.{k.raw}" and isinstance(value, dict)):
+                    break
+                value, dropped = {kk: vv for kk, vv in value.items() if kk != bad}, True
+
+
 def _schema(ctx: LintContext) -> Iterator[Issue]:
-    """The LoRA plugin validates the same schema at train start; lint finds it before you book a GPU."""
+    """Each ``cosyext:`` key is checked by the parser its plugin registered, the same function training start-up
+    calls: a value train.py would refuse is an error here, at its line, before you book a GPU."""
     root_node = ctx.doc.node("cosyext")
-    if root_node is None:
-        return
+    if root_node is None or (isinstance(ctx.doc.deref(root_node), YScalar) and ctx.doc.value("cosyext") is None):
+        return  # absent or empty: training ignores it too
     sec = _section(ctx)
     if sec is None:
-        yield Issue("cosyext: must be a mapping (llm:, flow:, lint:)", at=root_node, fix="cosyext:\n  llm:\n    r: 16")
+        yield Issue("cosyext: must be a mapping of plugin sections (llm:, flow:, early_stop:, memory:, lint:, ...)",
+                    at=root_node, fix="cosyext:\n  llm:\n    r: 16")
         return
-    for model in MODELS:
-        node = ctx.doc.deref(sec.get(model))
-        if node is None or (isinstance(node, YScalar) and node.value is None):
-            continue
-        value = ctx.doc.value("cosyext", model)
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k in SCHEMA}
-        try:
-            parse_model_section(model, value)
-        except LoraConfigError as exc:
-            yield Issue(str(exc), at=_node_for(ctx, exc.key), fix=f"valid keys: {', '.join(SCHEMA)}")
-    lint = sec.get("lint")
-    if lint is not None:
-        lint = ctx.doc.deref(lint)
-        if not isinstance(lint, YMap):
-            yield Issue("cosyext.lint must be a mapping with select/ignore lists", at=lint)
-            return
-        for k in LINT_KEYS:
-            v = ctx.doc.value("cosyext", "lint", k)
-            ok = v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-            if not ok:
-                yield Issue(f"cosyext.lint.{k} must be a list of rule codes or prefixes (like [CX1, CX203])",
-                            at=lint.get(k), fix=f"{k}: [CX1]")
+    for exc, unknown in _section_errors(ctx, sec):
+        if not unknown:
+            yield Issue(str(exc), at=_node_for(ctx, exc.key or "cosyext"), fix=exc.hint or None)
 
 
 def _unknown(ctx: LintContext) -> Iterator[Issue]:
-    """A misspelled LoRA key (rank:, dropuot:) would be refused by the plugin at train start."""
+    """A key no plugin registered (``early_stopp:``), or one its section does not have (``rank:``,
+    ``gradient_checkpointng:``), is refused by training start-up with the closest valid key."""
     sec = _section(ctx)
     if sec is None:
         return
-    checks = [(sec, COSYEXT_KEYS, "cosyext", "warning")]
-    for model in MODELS:
-        n = ctx.doc.deref(sec.get(model))
-        if isinstance(n, YMap):
-            checks.append((n, tuple(SCHEMA), f"cosyext.{model}", "error"))
-    n = ctx.doc.deref(sec.get("lint"))
-    if isinstance(n, YMap):
-        checks.append((n, LINT_KEYS, "cosyext.lint", "error"))
-    for mapping, known, where, sev in checks:
-        for k, _ in mapping.items:
-            if not isinstance(k, YScalar) or k.raw in known:
-                continue
-            close = difflib.get_close_matches(k.raw, known, n=1, cutoff=0.5)
-            if sev == "warning" and not close:
-                continue  # another plugin's key, probably
-            yield Issue(f"unknown key {where}.{k.raw}" + (f"; did you mean '{close[0]}'?" if close else ""),
-                        at=k, severity=sev, fix=f"valid keys: {', '.join(known)}")
+    for exc, unknown in _section_errors(ctx, sec):
+        if unknown:
+            yield Issue(str(exc), at=_node_for(ctx, exc.key or "cosyext", key=True), fix=exc.hint or None)
 
 
 def _targets(ctx: LintContext) -> Iterator[Issue]:
@@ -304,8 +309,8 @@ RULES = [
          example="llm: !new:cosyvoice.llm.llm.Qwen2LM\n  llm_input_size: 1024   # Qwen2-0.5B has 896",
          fix="Set both to the Qwen config.json hidden_size."),
     Rule("CX401", "cosyext-schema", "error", "A value in the cosyext: section has the wrong type or range.", _schema,
-         example="cosyext:\n  llm:\n    r: 0\n    dropout: 1.5", fix="r: int > 0, alpha > 0, 0 <= dropout < 1, "
-         "target_modules: preset/regex/list, checkpoint_format: adapter|merged."),
+         example="cosyext:\n  llm:\n    r: 0\n    dropout: 1.5", fix="Use a value the key's plugin accepts (the "
+         "message says which; docs/lora.md, docs/memory.md, docs/plugins.md)."),
     Rule("CX402", "cosyext-unknown-key", "error", "An unknown key in the cosyext: section (with a suggestion).", _unknown,
          example="cosyext:\n  llm:\n    rank: 16", fix="Use the suggested key."),
     Rule("CX403", "cosyext-targets", "warning", "target_modules names no usual Linear module of the model.", _targets,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 from cosyvoice_ext.errors import CosyextError
 from cosyvoice_ext.hookspecs import hookimpl
@@ -29,10 +30,11 @@ def _stop_training_clearly() -> Iterator[None]:
 
 
 @hookimpl
-def cosyext_section_keys() -> list[str]:
-    from cosyvoice_ext.lora.config import MODELS
+def cosyext_register_config_sections(register: Callable[[str, Callable[[Any], Any]], None]) -> None:
+    from cosyvoice_ext.lora.config import MODELS, parse_model_value
 
-    return list(MODELS)
+    for model in MODELS:
+        register(model, partial(parse_model_value, model))
 
 
 @hookimpl

@@ -9,7 +9,7 @@ training hook runs, so ``cosyext plugins`` and lint stay fast.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from cosyvoice_ext.hookspecs import hookimpl
 
@@ -40,5 +40,7 @@ def cosyext_prepare_model(model: Any, name: str, configs: dict, args: Any) -> No
 
 
 @hookimpl
-def cosyext_section_keys() -> list[str]:
-    return ["memory"]
+def cosyext_register_config_sections(register: Callable[[str, Callable[[Any], Any]], None]) -> None:
+    from cosyvoice_ext.memory.config import KEY, parse_memory_value
+
+    register(KEY, parse_memory_value)

@@ -19,10 +19,9 @@ import logging
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
-
-from cosyvoice_ext.early_stop import EarlyStopper, parse_settings, write_best
+from cosyvoice_ext.early_stop import KEY, EarlyStopper, parse_settings, parse_value, write_best
 from cosyvoice_ext.hookspecs import hookimpl
 
 log = logging.getLogger("cosyvoice_ext.early_stop")
@@ -30,8 +29,8 @@ _stopper: EarlyStopper | None = None
 
 
 @hookimpl
-def cosyext_section_keys() -> list[str]:
-    return ["early_stop"]
+def cosyext_register_config_sections(register: Callable[[str, Callable[[Any], Any]], None]) -> None:
+    register(KEY, parse_value)
 
 
 @hookimpl
@@ -68,6 +67,3 @@ def cosyext_after_save(model_name: str, info_dict: dict) -> None:
                  best["value"] if best else math.nan)
         logging.shutdown()
         sys.exit(0)
-
-
-
