@@ -297,3 +297,18 @@ def test_data_that_yields_no_utterance_is_an_error(case, says, tmp_path, qwen_to
     assert "yields no utterances" in cx600[0]["message"] and says in cx600[0]["message"]
     assert not any(f["code"] in ("CX607", "CX602", "CX603") for f in out["findings"])  # no "0/0 kept", no noise
     assert out["data"][str(cfg)]["total"] == 0
+
+
+def test_cv_pass_with_an_empty_first_batch_is_an_error(tmp_path, qwen_tok, capsys, cli_pm):
+    """train.py runs its CV pass over --cv_data after each epoch through the same pipeline: CV utterances
+    all longer than max_frames_in_batch make its first batch empty and padding crash (seen in the
+    differential corpus, mutation mfib-small). The train data alone looks fine."""
+    train = write_parquet_dataset(tmp_path / "train", 8, seed=3, min_sec=0.5, max_sec=3.0)
+    cv = write_parquet_dataset(tmp_path / "cv", 3, seed=4, min_sec=2.6, max_sec=3.0)
+    cfg = write_tiny_config(tmp_path / "conf.yaml", qwen_tok, max_frames_in_batch=120)
+    rc, out = _lint_json(capsys, cfg, "--data", train, "--model", "llm")
+    assert not [f for f in out["findings"] if f["code"] == "CX605"]
+    rc, out = _lint_json(capsys, cfg, "--data", train, "--cv-data", cv, "--model", "llm")
+    cx605 = [f for f in out["findings"] if f["code"] == "CX605"]
+    assert rc == 1 and cx605 and "CV pass" in cx605[0]["message"], out["findings"]
+    assert out["data"][str(cfg)]["cv"]["total"] == 3

@@ -101,7 +101,8 @@ def test_docs_rule_section_is_generated_from_the_registry(registry):
 # --- fix texts ---------------------------------------------------------------------------------
 
 FIX_CASES = {  # a config each, where a fix that names a fixed value would repeat what is set
-    "resample already a ref": ("sample_rate: 24000\nresample: !name:cosyvoice.dataset.processor.resample\n"
+    "resample already a ref": ("flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec\n    token_mel_ratio: 2\n"
+                               "sample_rate: 24000\nresample: !name:cosyvoice.dataset.processor.resample\n"
                                "    resample_rate: !ref <sample_rate>\nfeat_extractor: !name:matcha.utils.audio.mel_spectrogram\n"
                                "    sampling_rate: 16000\n    hop_size: 480\ncompute_fbank: !name:cosyvoice.dataset.processor."
                                "compute_fbank\n    feat_extractor: !ref <feat_extractor>\ndata_pipeline: [!ref <resample>, "

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("configs", nargs="+", metavar="CONFIG", type=Path, help="HyperPyYAML training config(s)")
     p.add_argument("--data", type=Path, metavar="LIST", help="data.list of parquet shards (data-aware mode)")
+    p.add_argument("--cv-data", type=Path, metavar="LIST", dest="cv_data",
+                   help="data mode: the data.list train.py gets as --cv_data (its CV pass after each epoch is "
+                        "replayed too)")
     p.add_argument("--model", choices=["llm", "flow", "hifigan"], help="the model train.py will train (--model)")
     p.add_argument("--gpu-memory", type=float, metavar="GB", help="memory per GPU in GiB, for CX106")
     p.add_argument("--train-engine", choices=["torch_ddp", "deepspeed"], help="train.py --train_engine (CX203)")
@@ -74,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data is not None and not args.data.is_file():
         raise UsageError(f"data list {args.data} does not exist", hint="pass the data.list your train.py uses (--train_data)")
+    if args.cv_data is not None and (args.data is None or not args.cv_data.is_file()):
+        raise UsageError(f"--cv-data {args.cv_data}: " + ("needs --data" if args.data is None else "no such file"),
+                         hint="pass the data.lists your train.py gets as --train_data (--data) and --cv_data")
     for n, v in (("--world-size", args.world_size), ("--num-workers", args.num_workers), ("--epochs", args.epochs)):
         if v is not None and v < (0 if n == "--num-workers" else 1):
             raise UsageError(f"{n} must be positive, got {v}", hint=f"cosyext lint --help")
@@ -86,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         upstream = read_upstream(args.upstream)  # a usage error (exit 2) when DIR is not a tree
     registry = collect()
     opts = Options(select=args.select, ignore=args.ignore, model=args.model, gpu_memory=args.gpu_memory,
-                   train_engine=args.train_engine, data=args.data, qwen_pretrain_path=args.qwen_pretrain_path,
+                   train_engine=args.train_engine, data=args.data, cv_data=args.cv_data,
+                   qwen_pretrain_path=args.qwen_pretrain_path,
                    epochs=args.epochs, world_size=args.world_size, num_workers=args.num_workers,
                    use_cache=not args.no_cache, upstream=upstream, onnx_path=args.onnx_path)
     results = lint_paths(args.configs, registry, opts)

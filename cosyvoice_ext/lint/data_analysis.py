@@ -180,6 +180,9 @@ class DataAnalysis:
     online: bool = False  # replayed as online feature extraction (--onnx-path DIR): empty tokens are kept
     entries: int = 0  # non-blank lines of the data list
     readable_shards: int = 0
+    cv_list: str | None = None  # --cv-data: train.py's CV pass after each epoch, replayed too
+    cv_total: int = 0
+    cv_empty_first: list[int] = field(default_factory=list)  # epochs after which the CV pass's first batch is empty
 
     def no_utterances(self) -> str | None:
         """Why the data list yields no utterance at all (None when it yields some, or was not read)."""
@@ -215,6 +218,8 @@ class DataAnalysis:
             "extrapolated": self.extrapolated, "warmup_steps": self.warmup_steps,
             "oversize_utterances": len(self.oversize), "max_frames_in_batch": self.max_frames_in_batch,
             "seed": self.seed, "seed_note": self.seed_note, "unreadable_shards": self.unreadable_shards,
+            **({"cv": {"data_list": self.cv_list, "total": self.cv_total, "empty_first_batch_after_epochs":
+                       self.cv_empty_first}} if self.cv_list else {}),
         }
 
 
@@ -376,11 +381,25 @@ def _check_alignment(al: Alignment, corpus: Corpus, res: EpochResult) -> None:
 
 
 def _flow_ratio(doc: Document) -> int | None:
-    for path in (("flow", "token_mel_ratio"), ("token_mel_ratio",)):
-        v = doc.value(*path)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
+    from .target import flow_frames_per_token
+
+    return flow_frames_per_token(doc)
+
+
+def _cv_first_batch_empty(cv: Corpus, plan: list, epoch: int, rngs: dict, world: int, workers: int,
+                          online: bool) -> bool:
+    """train.py's CV pass at the end of `epoch`: every rank reads the whole CV list in order
+    (``shuffle=False, partition=False``) through the same pipeline. With ``--num_workers 0`` its shuffle
+    draws from the same global random state as training (so the next epoch's replay sees those draws
+    too); with workers, from each worker's own (an estimate)."""
+    empty = False
+    for r in range(world):
+        for w in range(workers):
+            rng = rngs[(r, w)] if workers == 1 else random.Random(epoch * 1000 + r * 100 + w)
+            res = run_epoch(cv, plan, epoch, rng, r, world, w, workers, online=online, shuffle_shards=False,
+                            partition=False)
+            empty |= bool(res.batches) and not res.batches[0]
+    return empty
 
 
 def _whole(v: Any) -> int | None:
@@ -441,6 +460,11 @@ def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep
     a.extrapolated = n_epochs < want
     rngs = {(r, w): random.Random(a.seed if a.seed is not None else 0) if workers == 1 else
             random.Random((a.seed or 0) * 1000 + r * 100 + w) for r in range(world) for w in range(workers)}
+    cv = None
+    if getattr(opts, "cv_data", None) is not None:
+        a.cv_list = str(opts.cv_data)
+        cv, _ = build_corpus(Path(opts.cv_data), token_path, use_cache)
+        a.cv_total = len(cv.utt)
     for epoch in range(n_epochs):
         per_rank = []
         empty = oversize = 0
@@ -469,6 +493,8 @@ def _analyse(doc: Document, opts: Any, a: DataAnalysis, keep_batches: bool, keep
             per_rank.append(count)
         batches = min(per_rank) if world > 1 else per_rank[0]
         a.epochs.append(EpochStats(epoch, batches, empty, oversize, batches // a.accum_grad, empty_first))
+        if cv is not None and _cv_first_batch_empty(cv, plan, epoch, rngs, world, workers, a.online):
+            a.cv_empty_first.append(epoch)
     a.total_steps = sum(e.steps for e in a.epochs)
     if a.extrapolated:
         a.total_steps = round(a.total_steps / n_epochs * want)

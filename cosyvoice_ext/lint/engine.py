@@ -45,6 +45,7 @@ class Options:
     gpu_memory: float | None = None
     train_engine: str | None = None
     data: Path | None = None
+    cv_data: Path | None = None  # data mode: train.py's --cv_data (its CV pass after each epoch)
     qwen_pretrain_path: str | None = None
     epochs: int | None = None  # data mode: how many epochs to simulate (default: max_epoch)
     world_size: int = 1

@@ -213,10 +213,11 @@ def shard_order(n_shards: int, epoch: int, rank: int = 0, world_size: int = 1, w
 
 def run_epoch(c: Corpus, stages: list[tuple[str, dict[str, Any]]], epoch: int, rng: random.Random,
               rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
-              online: bool = False) -> EpochResult:
-    """One pass of one (rank, worker) stream through the pipeline; ``rng`` is the global random state."""
+              online: bool = False, shuffle_shards: bool = True, partition: bool = True) -> EpochResult:
+    """One pass of one (rank, worker) stream through the pipeline; ``rng`` is the global random state.
+    The CV set is read with ``shuffle_shards=False, partition=False`` (train_utils' cv_dataset)."""
     dropped: dict[str, int] = {}
-    order = shard_order(len(c.shards), epoch, rank, world_size, worker, num_workers)
+    order = shard_order(len(c.shards), epoch, rank, world_size, worker, num_workers, shuffle_shards, partition)
     stream: Iterable[Any] = ([g, c.n_samples[g], c.sample_rate[g], c.speech_token_len[g], 0]
                              for i in order for g in c.shards[i])
     batched = False

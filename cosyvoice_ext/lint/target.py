@@ -19,6 +19,7 @@ from typing import Any
 from .. import family as fam_mod
 from ..errors import UsageError
 from .document import Document
+from .yamlpos import YMap
 from .pipeline import find, stages
 
 MODEL_KEYS = ("llm", "flow")
@@ -274,6 +275,39 @@ def infer_upstream(doc: Document, cfam: ConfigFamily) -> Upstream:
     if fb is not None and fb.has_param("token_mel_ratio"):
         return Upstream(False, "inferred from the config: compute_fbank takes token_mel_ratio")
     return Upstream(None, "pass --upstream DIR to tell")
+
+
+#: CosyVoice2's flow encoder: Upsample1D(stride=2) hard-coded in UpsampleConformerEncoder (44316c34, ace7c47)
+UPSAMPLE_ENCODER_FRAMES_PER_TOKEN = 2
+
+
+def flow_frames_per_token(doc: Document) -> int | None:
+    """Mel frames the flow makes of one speech token in training, so the number its mel targets must
+    match: CosyVoice2's CausalMaskedDiffWithXvec upsamples with its UpsampleConformerEncoder, a fixed 2
+    whatever token_mel_ratio says; CosyVoice3's DiT flow repeats each token token_mel_ratio times.
+    None when there is no flow or nothing to go by."""
+    flow = doc.deref(doc.node("flow"))
+    call = flow.call if flow is not None else None
+    if call is None or not isinstance(flow, YMap):
+        return None
+    enc = doc.deref(flow.get("encoder"))
+    enc_call = enc.call if enc is not None else None
+    if enc_call and enc_call[1].rsplit(".", 1)[-1] == "UpsampleConformerEncoder":
+        return UPSAMPLE_ENCODER_FRAMES_PER_TOKEN
+    for path in (("flow", "token_mel_ratio"), ("token_mel_ratio",)):
+        v = doc.value(*path)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def fbank_trims(doc: Document) -> bool:
+    """compute_fbank with a non-zero ``token_mel_ratio`` (the 2025 keyword) cuts mels and tokens to each
+    other in the data pipeline, so misaligned features still train (on wrong targets) instead of
+    stopping the flow with a size mismatch."""
+    fb = fbank_stage(doc)
+    v = fb.param(doc, "token_mel_ratio") if fb is not None and fb.has_param("token_mel_ratio") else None
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0
 
 
 def fbank_stage(doc: Document):

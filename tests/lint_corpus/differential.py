@@ -139,8 +139,32 @@ def onnx_path_for(tree: Path) -> str | None:
     return "" if train_py_has_onnx_path(tree) else None
 
 
-def run_trainer(config: Path, data: Data, tree: Path, model: str, workdir: Path, timeout: float = 300) -> dict[str, Any]:
-    """Upstream's train.py (torchrun, 1 CPU rank) on `config`; the observed outcome as a dict."""
+def cosyext_snapshot(dest: Path, rev: str = "HEAD") -> tuple[Path, str]:
+    """cosyvoice_ext as committed at `rev` (the patched train_utils imports its relay), laid out like
+    the installed package, for PYTHONPATH: trainer runs then do not see half-edited files of a shared
+    checkout. Returns (folder to put on PYTHONPATH, full commit)."""
+    repo = HERE.parents[1]
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", rev], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    src = Path(dest) / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    names = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", sha], capture_output=True, text=True,
+                           check=True).stdout.split()
+    archive = subprocess.run(["git", "-C", str(repo), "archive", sha, "cosyvoice_ext",
+                              *(n for n in ("hooks", "patches") if n in names)], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    for sub in ("hooks", "patches"):  # package-dir mapping of pyproject.toml, where it still applies
+        if (src / sub).is_dir() and not (src / "cosyvoice_ext" / sub).exists():
+            shutil.move(str(src / sub), str(src / "cosyvoice_ext" / sub))
+    return src, sha
+
+
+def run_trainer(config: Path, data: Data, tree: Path, model: str, workdir: Path, timeout: float = 300,
+                cosyext: Path | None = None) -> dict[str, Any]:
+    """Upstream's train.py (torchrun, 1 CPU rank) on `config`; the observed outcome as a dict.
+
+    `cosyext`: a :func:`cosyext_snapshot` folder to import cosyvoice_ext from (plugin autoloading off:
+    the corpus configs have no cosyext: section); default: the installed cosyvoice_ext."""
     workdir.mkdir(parents=True, exist_ok=True)
     spy = workdir / "spy"
     spy.mkdir(exist_ok=True)
@@ -149,7 +173,9 @@ def run_trainer(config: Path, data: Data, tree: Path, model: str, workdir: Path,
     ws = Workspace(root=workdir, qwen_dir=data.qwen_dir, config=config, train_list=data.train_list,
                    cv_list=data.cv_list, llm_ckpt=workdir / "none.pt", flow_ckpt=workdir / "none.pt")
     env = train_env(tree)
-    env["PYTHONPATH"] = f"{spy}{os.pathsep}{env['PYTHONPATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(spy), *([str(cosyext)] if cosyext else []), env["PYTHONPATH"]])
+    if cosyext:
+        env["COSYEXT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env["COSYEXT_DIFF_OUT"] = str(out)
     cmd = train_command(ws, tree, model, workdir / "exp")
     try:
@@ -196,12 +222,13 @@ def lint_options(data: Data, tree: Path, model: str):
     from cosyvoice_ext.lint.engine import Options
     from cosyvoice_ext.lint.target import read_upstream
 
-    return Options(model=model, data=data.train_list, qwen_pretrain_path=str(data.qwen_dir),
+    return Options(model=model, data=data.train_list, cv_data=data.cv_list, qwen_pretrain_path=str(data.qwen_dir),
                    upstream=read_upstream(tree), onnx_path=onnx_path_for(tree))
 
 
 def lint_cli_args(config: Path, data: Data, tree: Path, model: str) -> list[str]:
-    args = ["lint", str(config), "--data", str(data.train_list), "--model", model, "--qwen-pretrain-path",
+    args = ["lint", str(config), "--data", str(data.train_list), "--cv-data", str(data.cv_list), "--model", model,
+            "--qwen-pretrain-path",
             str(data.qwen_dir), "--upstream", str(tree), "--format", "json"]
     onnx = onnx_path_for(tree)
     return args + (["--onnx-path", onnx] if onnx is not None else [])

@@ -36,7 +36,14 @@ def digest(setup: str, model: str, text: str) -> str:
 
 
 def load_outcomes() -> list[dict[str, Any]]:
-    return json.loads(d.OUTCOMES.read_text(encoding="utf-8")) if d.OUTCOMES.is_file() else []
+    """The recorded entries (outcomes.json: {"cosyext": commit the trainer ran with, "entries": [...]})."""
+    if not d.OUTCOMES.is_file():
+        return []
+    return json.loads(d.OUTCOMES.read_text(encoding="utf-8"))["entries"]
+
+
+def save_outcomes(entries_: list[dict[str, Any]], cosyext_rev: str) -> None:
+    d.OUTCOMES.write_text(json.dumps({"cosyext": cosyext_rev, "entries": entries_}, indent=1) + "\n", encoding="utf-8")
 
 
 def entries(trees: dict[str, Path], tmp: Path, write: bool = True) -> list[dict[str, Any]]:
@@ -64,7 +71,7 @@ def entries(trees: dict[str, Path], tmp: Path, write: bool = True) -> list[dict[
 
 
 def run_missing(todo: list[dict[str, Any]], trees: dict[str, Path], datas: dict[str, d.Data], tmp: Path,
-                jobs: int, record: Callable[[tuple[str, str], dict[str, Any]], None]) -> None:
+                jobs: int, record: Callable[[tuple[str, str], dict[str, Any]], None], cosyext: Path) -> None:
     """Each entry of `todo` through train.py, `jobs` at a time; `record(key, result)` after each run."""
     lock = threading.Lock()
 
@@ -73,7 +80,7 @@ def run_missing(todo: list[dict[str, Any]], trees: dict[str, Path], datas: dict[
         work = tmp / "runs" / e["setup"] / e["id"]
         cfg = d.materialize(e["text"], datas[family], work / "conf.yaml")
         t = time.time()
-        res = d.run_trainer(cfg, datas[family], trees[rev], e["model"], work)
+        res = d.run_trainer(cfg, datas[family], trees[rev], e["model"], work, cosyext=cosyext)
         print(f"  {e['setup']:22s} {e['id']:28s} {res['outcome']:9s} {time.time() - t:5.1f}s "
               f"{res['error'] or ''}", flush=True)
         with lock:
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table-only", action="store_true", help="no trainer runs: lint and print the table")
     ap.add_argument("--docs", action="store_true", help="also write the table into docs/lint.md")
     ap.add_argument("--trees", type=Path, help="folder to keep the patched upstream trees in (reused)")
+    ap.add_argument("--cosyext-rev", default="HEAD",
+                    help="the committed cosyvoice_ext train.py imports its relay from (default HEAD)")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory(prefix="lint-corpus-") as t:
@@ -167,14 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(all_entries)} corpus entries, {len(todo)} to run through train.py", flush=True)
         digests = {(e["setup"], e["id"]): e["digest"] for e in all_entries}
 
+        snapshot, rev = d.cosyext_snapshot(tmp / "cosyext", args.cosyext_rev)
+        if todo and recorded and json.loads(d.OUTCOMES.read_text(encoding="utf-8"))["cosyext"] != rev:
+            print(f"note: entries recorded with another cosyext commit are kept; --force re-runs them", flush=True)
+
         def record(key: tuple[str, str], res: dict[str, Any]) -> None:  # saved after every run: resumable
             recorded[key] = {**res, "digest": digests[key]}
-            d.OUTCOMES.write_text(json.dumps(merge(all_entries, recorded), indent=1) + "\n", encoding="utf-8")
+            save_outcomes(merge(all_entries, recorded), rev)
 
-        run_missing(todo, trees, datas, tmp, args.jobs, record)
+        run_missing(todo, trees, datas, tmp, args.jobs, record, snapshot)
         merged = merge(all_entries, recorded)
-        if not args.table_only:
-            d.OUTCOMES.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+        if todo:
+            save_outcomes(merged, rev)
         rows = lint_all(merged, trees, datas, tmp)
     text = table(rows)
     print(text)

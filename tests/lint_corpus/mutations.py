@@ -279,6 +279,10 @@ MUTATIONS: tuple[Mutation, ...] = (
       model="flow", only=(OLD,)),
     M("cv3-llm-on-2025", "llm class CosyVoice3LM on the 2025 upstream",
       replace("!new:cosyvoice.llm.llm.Qwen2LM", "!new:cosyvoice.llm.llm.CosyVoice3LM"), only=("cosyvoice2@" + OLD,)),
+    M("whisper-num_frames-1920-flow", "compute_whisper_fbank num_frames 1920 (compute_fbank pads to 960), --model flow",
+      set_value(("compute_whisper_fbank", "num_frames"), "1920"), model="flow", only=(NEW,)),
+    M("tokenizer-version-cv2", "get_qwen_tokenizer version cosyvoice2 in the CosyVoice3 config",
+      set_value(("get_tokenizer", "version"), "cosyvoice2"), only=("cosyvoice3@" + NEW,)),
     M("static_chunk-36-flow", "estimator static_chunk_size 36, --model flow",
       set_value(("flow", "decoder", "estimator", "static_chunk_size"), "36"), model="flow", only=ALL),
 )

@@ -102,11 +102,19 @@ def _oversize(ctx: LintContext) -> Iterator[Issue]:
 
 def _empty_first(ctx: LintContext) -> Iterator[Issue]:
     """If the first sample after shuffle+sort is already over max_frames_in_batch, dynamic_batch yields its empty
-    buffer first; padding then fails on an empty list."""
+    buffer first; padding then fails on an empty list (seen: ``RuntimeError: received an empty list of
+    sequences``). train.py's CV pass after each epoch runs the same pipeline over ``--cv_data``, read in
+    list order: with ``--cv-data LIST`` lint replays it too (its first sample is the shortest of the
+    first sort buffer, so a CV set whose utterances are all over the limit crashes it for certain)."""
     d = ctx.data
     if d.error:
         return
     bad = [e.epoch for e in d.epochs if e.empty_first]
+    if d.cv_empty_first:
+        yield Issue(f"train.py's CV pass ({d.cv_list}) after epoch(s) {d.cv_empty_first[:5]} starts with a sample "
+                    "longer than max_frames_in_batch, so dynamic_batch yields an EMPTY first batch and padding "
+                    "crashes (RuntimeError: received an empty list of sequences)", at=_batch_node(ctx),
+                    fix="raise max_frames_in_batch above the CV set's longest utterances, or filter long ones out")
     if bad:
         yield Issue(f"in epoch(s) {bad[:5]} the first sample after sorting exceeds max_frames_in_batch, so upstream's "
                     "dynamic_batch yields an EMPTY first batch and padding crashes (torch.stack of an empty list)",

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from cosyvoice_ext.lint import Issue, LintContext, Rule
 from cosyvoice_ext.lint.document import RefError
 from cosyvoice_ext.lint.pipeline import find, stages
+from cosyvoice_ext.lint.target import fbank_trims, flow_frames_per_token
 from cosyvoice_ext.lint.yamlpos import YMap, YNode, YScalar
 from cosyvoice_ext.config_keys import is_unknown_key, unknown_key_message
 from cosyvoice_ext.errors import ConfigError
@@ -79,22 +80,39 @@ def _rate_pair(ctx: LintContext) -> tuple[Any, Any, YNode | None, YNode | None]:
     return _val(ctx, tfr_node), _val(ctx, tmr_node), tfr_node, tmr_node
 
 
+def _misaligned(ctx: LintContext) -> str:
+    """Severity of a mel/token mismatch: it stops the flow (a size mismatch in the first batch, seen at
+    ace7c47) unless compute_fbank trims mels and tokens to each other (the 2025 token_mel_ratio
+    keyword): then the flow trains, on targets that do not line up (seen at 44316c34)."""
+    return "warning" if fbank_trims(ctx.doc) else "error"
+
+
 def _alignment(ctx: LintContext) -> Iterator[Issue]:
-    """The flow upsamples speech tokens by token_mel_ratio to the mel frame rate sample_rate/hop_size; if they differ,
-    targets and inputs are misaligned (CosyVoice2: 24000/480 = 50 = 25 x 2)."""
+    """The flow turns each speech token into a fixed number of mel frames (CosyVoice2: the encoder's
+    Upsample1D, 2; CosyVoice3's DiT: token_mel_ratio), so the feature extractor must produce
+    token_frame_rate x that many frames per second: sample_rate / hop_size (24000/480 = 50 = 25 x 2).
+    Otherwise the mels and the upsampled tokens differ in length: an error where that stops the flow
+    (the 2026 compute_fbank pads and trims nothing: ``RuntimeError: Sizes of tensors must match``,
+    seen with hop_size 256), a warning where compute_fbank's token_mel_ratio trims both to each other
+    (44316c34: the flow trains, on misaligned targets, seen)."""
     if "flow" not in ctx.models():
         return
     feat = _feat(ctx)
     if feat is None:
         return
     sr, hop = _val(ctx, feat.get("sampling_rate")), _val(ctx, feat.get("hop_size"))
-    tfr, tmr, _, _ = _rate_pair(ctx)
-    if not (sr and hop and tfr and tmr):
+    tfr = _rate_pair(ctx)[0]
+    per_token = flow_frames_per_token(ctx.doc)
+    if not (sr and hop and tfr and per_token):
         return
-    if abs(sr / hop - tfr * tmr) > 1e-9:
-        yield Issue(f"mel frame rate {sr:g}/{hop:g} = {sr / hop:g} Hz but token_frame_rate x token_mel_ratio = "
-                    f"{tfr:g} x {tmr:g} = {tfr * tmr:g} Hz: the flow's mel targets and speech tokens drift apart",
-                    at=feat.get("hop_size") or feat, fix=f"hop_size: {sr / (tfr * tmr):g} (CosyVoice2: 24000/480 = 25 x 2)")
+    if abs(sr / hop - tfr * per_token) > 1e-9:
+        yield Issue(f"mel frame rate {sr:g}/{hop:g} = {sr / hop:g} Hz but the flow makes {per_token} mel frames of "
+                    f"each of token_frame_rate {tfr:g} tokens per second = {tfr * per_token:g} Hz: mel targets and "
+                    "upsampled tokens differ in length" + (" (compute_fbank's token_mel_ratio trims them to each "
+                    "other, so it trains, misaligned)" if fbank_trims(ctx.doc) else
+                    " and the flow stops at its first batch (RuntimeError: Sizes of tensors must match)"),
+                    at=feat.get("hop_size") or feat, severity=_misaligned(ctx),
+                    fix=f"hop_size: {sr / (tfr * per_token):g} (CosyVoice2: 24000/480 = 25 x 2)")
 
 
 def _same_ref_fix(node: YNode | None, key: str, fix: str, other_side: str) -> str:
@@ -104,32 +122,43 @@ def _same_ref_fix(node: YNode | None, key: str, fix: str, other_side: str) -> st
 
 
 def _resample(ctx: LintContext) -> Iterator[Issue]:
-    """Audio is resampled to resample_rate and then analysed as if it were at the feature extractor's rate."""
+    """Audio is resampled to resample_rate and then analysed as if it were at the feature extractor's
+    rate: the mel frame rate becomes resample_rate / hop_size. Only the flow reads the mels: an error
+    where that stops it (ace7c47: ``RuntimeError: Sizes of tensors must match``, seen with 16000 vs
+    24000), a warning where compute_fbank's token_mel_ratio trims mels and tokens to each other and it
+    trains on the wrong features (44316c34, seen); nothing for the LLM, which never sees them."""
     st = find(stages(ctx.doc, "data_pipeline"), "resample")
     feat = _feat(ctx)
     if st is None or feat is None:
         return
     rate = st.param(ctx.doc, "resample_rate")
     fsr = _val(ctx, feat.get("sampling_rate"))
-    if isinstance(rate, (int, float)) and fsr and rate != fsr:
+    if isinstance(rate, (int, float)) and fsr and rate != fsr and "flow" in ctx.models():
         yield Issue(f"resample_rate {rate:g} differs from feat_extractor sampling_rate {fsr:g}: mels are computed "
-                    "with the wrong filterbank and frame rate", at=st.param_node(ctx.doc, "resample_rate") or st.item,
+                    "with the wrong filterbank and frame rate" + (", and the flow trains on them (compute_fbank's "
+                    "token_mel_ratio trims mels and tokens to each other)" if fbank_trims(ctx.doc) else
+                    ", so they no longer line up with the speech tokens and the flow stops at its first batch "
+                    "(RuntimeError: Sizes of tensors must match)"), severity=_misaligned(ctx),
+                    at=st.param_node(ctx.doc, "resample_rate") or st.item,
                     fix=_same_ref_fix(st.param_node(ctx.doc, "resample_rate"), "sample_rate",
                                       f"resample_rate: !ref <sample_rate> (= {fsr:g})",
                                       f"feat_extractor sampling_rate: !ref <sample_rate> (= {rate:g})"))
 
 
 def _fbank_ratio(ctx: LintContext) -> Iterator[Issue]:
-    """compute_fbank trims features to token_mel_ratio x tokens; a different ratio than the flow uses misaligns every
-    sample."""
+    """The 2025 compute_fbank trims mels to token_mel_ratio x tokens (and tokens to mels / ratio); the flow
+    then needs exactly that many frames per token: CosyVoice2's encoder makes 2 of each token whatever
+    the config's token_mel_ratio says, CosyVoice3's DiT token_mel_ratio. Seen at 44316c34 with
+    token_mel_ratio 3 throughout: ``RuntimeError: Sizes of tensors must match`` at the first batch."""
     st = find(stages(ctx.doc, "data_pipeline"), "compute_fbank")
     if st is None or not st.has_param("token_mel_ratio"):
         return
     r = st.param(ctx.doc, "token_mel_ratio")
-    _, tmr, _, _ = _rate_pair(ctx)
-    if isinstance(r, (int, float)) and r and tmr and r != tmr:
-        yield Issue(f"compute_fbank token_mel_ratio {r:g} differs from the model's token_mel_ratio {tmr:g}: "
-                    "features are trimmed to the wrong length", at=st.param_node(ctx.doc, "token_mel_ratio"),
+    per_token = flow_frames_per_token(ctx.doc)
+    if isinstance(r, (int, float)) and r and per_token and r != per_token and "flow" in ctx.models():
+        yield Issue(f"compute_fbank token_mel_ratio {r:g}, but the flow makes {per_token} mel frames of each token: "
+                    "features are trimmed to the wrong length and the flow stops at its first batch (RuntimeError: "
+                    "Sizes of tensors must match)", at=st.param_node(ctx.doc, "token_mel_ratio"),
                     fix=_same_ref_fix(st.param_node(ctx.doc, "token_mel_ratio"), "token_mel_ratio",
                                       "token_mel_ratio: !ref <token_mel_ratio>",
                                       "flow token_mel_ratio: !ref <token_mel_ratio>, the same value for both"))
