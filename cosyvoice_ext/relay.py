@@ -1,25 +1,25 @@
 """The functions our patched upstream ``train_utils`` calls at its hook points (patch 0006).
 
 Upstream imports this module unless cosyvoice-ext is not installed at all. Each function forwards
-to the plugins through :class:`cosyvoice_ext.plugins.Hooks`; the
+to the plugins through :class:`cosyvoice_ext.plugins.Hooks` or to :mod:`cosyvoice_ext.resume`; the
 state shared between hook points of one training process (the loaded configs and args) is kept here.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable
 
+from . import resume
 from .plugins import check_config, hooks
 
 _state: dict[str, Any] = {}
-log = logging.getLogger("cosyvoice_ext")
 
 
 def configure(args: Any, configs: dict) -> dict:
     """After upstream loaded and adjusted the config: every ``cosyext:`` key goes to its owner's parser
     (an unknown key or a bad value stops here), then plugins prepare their settings."""
     _state["args"], _state["configs"] = args, configs
+    resume.reset()  # a training process starts here: nothing pending from an earlier run in this interpreter
     check_config(configs)
     hooks().configure(configs, args)
     return configs
@@ -38,11 +38,32 @@ def optimizer_params(model: Any) -> Iterable:
     return model.parameters() if params is None else params
 
 
+def optimizer_ready(args: Any, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """After init_optimizer_and_scheduler built them: a resumed run gets their saved states back."""
+    if getattr(args, "train_engine", "torch_ddp") != "torch_ddp":
+        return  # DeepSpeed owns its optimizer and checkpoints
+    resume.attach(optimizer, scheduler)
+
+
+def grad_scaler(scaler: Any) -> None:
+    """batch_backward is about to use AMP's scaler (every step; cheap after the first)."""
+    resume.attach_scaler(scaler)
+
+
+def before_save(model_name: str, info_dict: dict) -> None:
+    """At the start of save_model, on every rank: collect the ranks' RNG states for rank 0's checkpoint."""
+    if info_dict.get("train_engine", "torch_ddp") == "torch_ddp":
+        resume.gather_rng(model_name)
+
+
 def checkpoint_state(model: Any, info_dict: dict) -> dict | None:
     """The dict to save instead of upstream's full state dict, or None for upstream's."""
     return hooks().checkpoint_state(model, info_dict)
 
 
 def after_save(model_name: str, info_dict: dict) -> None:
-    """After a checkpoint was written (all ranks, after the barrier)."""
+    """After a checkpoint was written (all ranks, after the barrier). The ``init`` checkpoint is the last
+    thing train.py writes before its epoch loop: a resumed run puts its RNG states back right after it."""
     hooks().after_save(model_name, info_dict)
+    if model_name == "init":
+        resume.restore_rng()

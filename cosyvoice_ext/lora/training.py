@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .. import checkpoints
+from .. import checkpoints, resume as training_state
 from ..errors import CheckpointError
 from . import adapter
 from .base import load_base
@@ -82,6 +82,7 @@ def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) 
         return run_of(model)
     ckpt = getattr(args, "checkpoint", None)
     resume: adapter.AdapterCheckpoint | None = None
+    resume_state: Any = None
     base_state: dict | None = None
     if ckpt and not os.path.exists(ckpt):  # train.py only warns and trains from scratch
         raise CheckpointError(f"--checkpoint {ckpt} does not exist; LoRA needs the base model",
@@ -90,6 +91,7 @@ def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) 
         state = checkpoints.load(ckpt, mmap=True)  # a full base is read next to the model holding it
         if checkpoints.is_adapter(state):
             resume = adapter.read(state, ckpt)
+            resume_state = state.get(training_state.STATE_KEY)
         else:
             base_state = state
     # targets come from the module tree alone: resolve (and compare with a resumed adapter) before the slow base load
@@ -133,6 +135,7 @@ def prepare(model: nn.Module, name: str, configs: Mapping[str, Any], args: Any) 
         n_lora = load_exact(model, resume.lora, f"adapter {ckpt}", expected=set(lora_state(model)))
         log.info("cosyext lora: resumed %d LoRA and %d modules_to_save tensors from %s (epoch %d, step %d)",
                  n_lora, n_mts, ckpt, resume.epoch, resume.step)
+        _expect_training_state(resume_state, ckpt, args)
     log.info("cosyext lora: %s (%s): LoRA r=%d on %d modules (target_modules %s); %s", name, describe_model(model),
              settings.r, len(targets), _spelled(settings), counts)
     run = LoraRun(settings=settings, targets=targets, modules_to_save=to_save, base_path=base_path,
@@ -157,10 +160,25 @@ def checkpoint_state(model: Any, info_dict: Mapping[str, Any]) -> dict | None:
     if run.settings.checkpoint_format == "merged":
         return {**merged_state_dict(bare), "epoch": info_dict["epoch"], "step": info_dict["step"]}
     fam = model_family(bare)
-    return adapter.build(
+    state = adapter.build(
         settings=run.settings, lora=lora_state(bare), modules_to_save=module_tensors(bare, run.modules_to_save),
         targets=run.targets, base_path=run.base_path, base_sha256=run.base_sha256, info_dict=info_dict,
         model_class=model_class(bare), family=fam.name if fam else None)
+    if info_dict.get("train_engine", "torch_ddp") == "torch_ddp":
+        # optimizer (the trainable parameters only), scheduler, grad scaler, every rank's RNG: exact resume
+        state[training_state.STATE_KEY] = training_state.capture(info_dict)
+    return state
+
+
+def _expect_training_state(state: Any, ckpt: str, args: Any) -> None:
+    """Hand the adapter's training state to :mod:`cosyvoice_ext.resume` (restored at the next hook points)."""
+    if getattr(args, "train_engine", "torch_ddp") != "torch_ddp":
+        log.info("cosyext lora: DeepSpeed resumes the adapter weights only (it keeps its own optimizer state)")
+    elif state is None:
+        log.warning("cosyext lora: %s carries no optimizer, scheduler or RNG state (an adapter from an older "
+                    "cosyvoice-ext): Adam's moments restart, so the run does not continue exactly", ckpt)
+    else:
+        training_state.expect(state, ckpt)
 
 
 def _spelled(settings: LoraSettings) -> str:
