@@ -237,8 +237,8 @@ def _qwen_override_strict(train_text: str) -> bool | None:
         return None
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "qwen_pretrain_path"
-                for t in node.targets):
+                isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant)
+                and t.slice.value == "qwen_pretrain_path" for t in node.targets):
             return True
         if isinstance(node, ast.Try) and node.handlers and any(
                 isinstance(n, ast.Constant) and n.value == "qwen_pretrain_path"

@@ -65,7 +65,8 @@ def _warmup(ctx: LintContext) -> Iterator[Issue]:
     if d.warmup_steps >= d.total_steps:
         yield Issue(f"warmup_steps {d.warmup_steps:g} >= the {d.total_steps} optimizer steps of the whole run "
                     f"({d.steps_per_epoch} per epoch x {d.max_epoch} epochs): the learning rate never reaches its peak",
-                    at=ctx.doc.node("train_conf", "scheduler_conf", "warmup_steps") or ctx.doc.node("train_conf", "scheduler"),
+                    at=(ctx.doc.node("train_conf", "scheduler_conf", "warmup_steps")
+                        or ctx.doc.node("train_conf", "scheduler")),
                     fix=_warmup_fix(d.warmup_steps, d.total_steps))
 
 
