@@ -7,12 +7,15 @@ state shared between hook points of one training process (the loaded configs and
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from . import resume
+from .errors import CosyextError
 from .plugins import check_config, hooks
 
 _state: dict[str, Any] = {}
+log = logging.getLogger("cosyvoice_ext")
 
 
 def configure(args: Any, configs: dict) -> dict:
@@ -42,7 +45,11 @@ def optimizer_ready(args: Any, model: Any, optimizer: Any, scheduler: Any) -> No
     """After init_optimizer_and_scheduler built them: a resumed run gets their saved states back."""
     if getattr(args, "train_engine", "torch_ddp") != "torch_ddp":
         return  # DeepSpeed owns its optimizer and checkpoints
-    resume.attach(optimizer, scheduler)
+    try:
+        resume.attach(optimizer, scheduler)
+    except CosyextError as exc:  # train.py shows a long traceback: say what is wrong in one line first
+        log.error("cosyext resume: %s%s", exc, f" (next: {exc.hint})" if exc.hint else "")
+        raise
 
 
 def grad_scaler(scaler: Any) -> None:

@@ -166,6 +166,22 @@ def test_another_optimizer_is_refused():
         resume.attach(torch.optim.Adam(net.lora.parameters()), None)
 
 
+def test_the_relay_says_a_mismatch_in_one_log_line_and_leaves_deepspeed_alone(caplog):
+    from types import SimpleNamespace
+
+    from cosyvoice_ext import relay
+
+    state = _saved_state()
+    net = _Net()
+    resume.expect(state, "epoch_0_whole.pt")
+    relay.optimizer_ready(SimpleNamespace(train_engine="deepspeed"), net, torch.optim.Adam(net.lora.parameters()), None)
+    with caplog.at_level(logging.ERROR, logger="cosyvoice_ext"), pytest.raises(CheckpointError):
+        relay.optimizer_ready(SimpleNamespace(train_engine="torch_ddp"), net, torch.optim.Adam(net.lora.parameters()),
+                              None)
+    assert "cosyext resume: epoch_0_whole.pt was trained with the optimizer AdamW" in caplog.text
+    assert "(next: resume with the train_conf the checkpoint was trained with" in caplog.text
+
+
 def test_another_adapter_shape_is_refused_naming_the_parameter():
     state = _saved_state()
     resume.expect(state, "epoch_0_whole.pt")
