@@ -74,7 +74,7 @@ def test_lint_agrees_with_the_recorded_trainer_outcome_on_the_whole_corpus(trees
     from cosyvoice_ext.lint.registry import collect
 
     registry = collect()
-    disagree = []
+    disagree, repeats = [], []
     for e in RECORDED:
         rev, family = d.SETUPS[e["setup"]]
         text = (d.HERE / e["setup"] / f"{e['id']}.yaml").read_text(encoding="utf-8")
@@ -84,7 +84,10 @@ def test_lint_agrees_with_the_recorded_trainer_outcome_on_the_whole_corpus(trees
         assert res.internal_errors == 0, [f.message for f in res.findings if f.code == "CX000"]
         if not d.agrees(e["outcome"], verdict["lint"]):
             disagree.append(f"{e['setup']}/{e['id']}: trainer {e['outcome']} ({e['error']}), lint {verdict}")
+        repeats += [f"{e['setup']}/{e['id']}:{f.line} {f.code}: {f.fix}" for f in res.findings
+                    if d.fix_repeats_value(text, f)]
     assert not disagree, "\n".join(disagree)
+    assert not repeats, "fixes that suggest the value already set:\n" + "\n".join(repeats)
 
 
 @pytest.mark.slow

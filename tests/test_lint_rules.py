@@ -115,7 +115,8 @@ FIX_CASES = {  # a config each, where a fix that names a fixed value would repea
     "quoted batch size": ("batch: !name:cosyvoice.dataset.processor.batch\n    batch_type: 'dynamic'\n"
                           "    max_frames_in_batch: '2500'\ndata_pipeline: [!ref <batch>]\n", "CX105", "remove the quotes"),
     "quoted accum_grad": ("train_conf:\n    accum_grad: '2'\n", "CX201", "remove the quotes"),
-    "quoted max_epoch": ("train_conf:\n    max_epoch: '10'\n", "CX205", "max_epoch: 10, an integer"),
+    "quoted max_epoch": ("train_conf:\n    max_epoch: '10'\n", "CX205", "remove the quotes"),
+    "float max_epoch": ("train_conf:\n    max_epoch: 2.0\n", "CX205", "the integer 2"),
 }
 
 

@@ -151,9 +151,12 @@ def _epochs_clip(ctx: LintContext) -> Iterator[Issue]:
         why = ("so nothing is trained" if isinstance(v, int) and not isinstance(v, bool)
                else "and range() takes integers only (TypeError)")
         whole = _float(v)
-        yield Issue(f"max_epoch is {v!r}: train.py loops range(start_epoch + 1, max_epoch), {why}", at=node,
-                    fix=f"max_epoch: {int(whole)}, an integer" if whole is not None and whole >= 1 and whole.is_integer()
-                    else "max_epoch: 10 (or more)")
+        if whole is not None and whole >= 1 and whole.is_integer():
+            fix = ("remove the quotes (an integer, not a string)" if isinstance(v, str)
+                   else f"write it as the integer {int(whole)}, without a decimal point")
+        else:
+            fix = "max_epoch: 10 (or more)"
+        yield Issue(f"max_epoch is {v!r}: train.py loops range(start_epoch + 1, max_epoch), {why}", at=node, fix=fix)
     node, v = _tc(ctx, "grad_clip")
     if node is None:
         return

@@ -72,8 +72,10 @@ def _num_frames(ctx: LintContext) -> Iterator[Issue]:
         yield Issue(f"compute_whisper_fbank num_frames {wnf} does not divide compute_fbank's num_frames "
                     f"({nf if nf is not None else 'none'}): it asserts the padded audio is a multiple of {wnf} "
                     "samples and stops training (AssertionError: speech length is not aligned with speech_token)",
-                    at=wh.param_node(ctx.doc, "num_frames"),
-                    fix=f"num_frames: {nf if nf and nf > 0 else (f'{want:g}' if want else 960)} in both stages")
+                    at=wh.param_node(ctx.doc, "num_frames") if nf and nf > 0 else fb.item,
+                    fix=(f"num_frames: {nf} here too (compute_fbank's)" if nf and nf > 0 else
+                         f"give compute_fbank num_frames: {f'{want:g}' if want else wnf} (compute_whisper_fbank "
+                         "needs the audio padded to whole tokens)"))
 
 
 def _static_chunk(ctx: LintContext) -> Iterator[Issue]:
