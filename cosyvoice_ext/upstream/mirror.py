@@ -51,9 +51,15 @@ def sibling_matcha(source: Path) -> Path | None:
     return find_repo(source.parent, MATCHA)
 
 
-def checkout_shared() -> Path:
-    """`../shared/upstream` beside this source checkout (meaningful for a development install only)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "upstream"
+def checkout_shared() -> Path | None:
+    """The `shared/upstream` folder beside this source checkout, or beside one of its parents (a CI
+    clone may sit deeper than the development checkout); meaningful for a development install only."""
+    checkout = Path(__file__).resolve().parents[2]
+    for parent in checkout.parents:
+        candidate = parent / "shared" / "upstream"
+        if find_repo(candidate, COSYVOICE) is not None:
+            return candidate
+    return None
 
 
 def default_source() -> str:
@@ -63,9 +69,7 @@ def default_source() -> str:
     if env:
         return env
     shared = checkout_shared()
-    if find_repo(shared, COSYVOICE) is not None:
-        return str(shared)
-    return GITHUB
+    return str(shared) if shared is not None else GITHUB
 
 
 def git_repos(source: str) -> tuple[str, str | None] | None:
