@@ -192,7 +192,7 @@ def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_t
     import pyarrow.parquet as pq
 
     from cosyvoice_ext.cli import main
-    from cosyvoice_ext.prepare.standin import make_pretrained_standin
+    from cosyvoice_ext.tiny.standin import make_pretrained_standin
     from cosyvoice_ext.tiny.workspace import upstream_on_path
     from tests.helpers import tree_digest
 

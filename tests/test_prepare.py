@@ -22,7 +22,7 @@ from cosyvoice_ext.cli import main
 from cosyvoice_ext.errors import UsageError
 from cosyvoice_ext.prepare import PrepareOptions, align, prepare
 from cosyvoice_ext.prepare import pipeline as pipeline_mod
-from cosyvoice_ext.prepare.standin import V3_TOKEN_OFFSET, make_pretrained_standin
+from cosyvoice_ext.tiny.standin import V3_TOKEN_OFFSET, make_pretrained_standin
 from cosyvoice_ext.tiny.data import wav_bytes, write_recordings
 from cosyvoice_ext.tiny.qwen import LEXICON
 

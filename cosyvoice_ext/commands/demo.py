@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import family as families
     from ..errors import EnvironmentProblem, UsageError
     from ..prepare.pipeline import PrepareOptions, prepare
-    from ..prepare.standin import make_pretrained_standin
+    from ..tiny.standin import make_pretrained_standin
     from ..tiny.config import make_base_checkpoint, write_tiny_config
     from ..tiny.data import write_recordings
     from ..tiny.qwen import make_tiny_qwen

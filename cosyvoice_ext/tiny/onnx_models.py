@@ -7,7 +7,7 @@ CosyVoice3): what `train.py --onnx_path DIR` loads from DIR.
 (CosyVoice3 classes) on a padded batch: [B, 128, T] float32 whisper log-mel + [B] int32 lengths ->
 [B, T/4] tokens. Upstream feeds inputs by position; the names are the real models' all the same.
 
-Stand-ins, a few kB each: the speaker model is `prepare.standin`'s; the tokenizer quantises 8 fixed,
+Stand-ins, a few kB each: the speaker model is `tiny.standin`'s; the tokenizer quantises 8 fixed,
 zero-mean projections of the 4-frame-pooled log-mel to three levels each (3**8 = 6561 codes, the
 real vocabulary, as in its FSQ), so the ids depend on the spectrum and cover the whole range, and
 zeroes the frames past each row's length, like the real model's mask. They mean nothing.
@@ -22,7 +22,7 @@ import numpy as np
 from ..family import Family
 from ..family import get as get_family
 from ..prepare.features import CAMPPLUS
-from ..prepare.standin import MEL_FRAMES_PER_TOKEN, _save, make_campplus
+from .standin import MEL_FRAMES_PER_TOKEN, _save, make_campplus
 
 WHISPER_MELS = 128
 CODE_DIGITS = 8  # 3**8 = 6561 speech tokens

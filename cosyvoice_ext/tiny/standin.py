@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import family as fam_mod
-from .features import CAMPPLUS, EMBED_DIM
+from ..prepare.features import CAMPPLUS, EMBED_DIM
 
 OPSET = 17
 IR_VERSION = 8
