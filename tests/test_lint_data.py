@@ -312,3 +312,22 @@ def test_cv_pass_with_an_empty_first_batch_is_an_error(tmp_path, qwen_tok, capsy
     cx605 = [f for f in out["findings"] if f["code"] == "CX605"]
     assert rc == 1 and cx605 and "CV pass" in cx605[0]["message"], out["findings"]
     assert out["data"][str(cfg)]["cv"]["total"] == 3
+
+
+def test_speech_token_stored_as_a_string_is_exit_2_with_a_message(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cosyvoice_ext.tiny.data import write_parquet_dataset
+    from tests.helpers import run_cosyext
+
+    data_list = write_parquet_dataset(tmp_path / "data", 3)
+    shard = data_list.read_text().split()[0]
+    table = pq.read_table(shard)
+    tokens = pa.array([str(x) for x in table.column("speech_token").to_pylist()])
+    pq.write_table(table.set_column(table.schema.get_field_index("speech_token"), "speech_token", tokens), shard)
+    config = tmp_path / "c.yaml"
+    config.write_text("train_conf: {max_epoch: 1}\n")
+    res = run_cosyext("lint", str(config), "--data", str(data_list))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "column speech_token is stored as string" in res.stderr and "Traceback" not in res.stderr

@@ -96,6 +96,7 @@ def _read_parquet(path: Path) -> ShardIndex:
     if not need <= names:
         raise LengthError(f"{path} lacks column(s) {', '.join(sorted(need - names))} that upstream's pipeline reads")
     optional = ("speech_token", "reject_speech_token", "utt_embedding", "spk_embedding", "instruct")
+    _check_list_columns(path, pf.schema_arrow, ("speech_token", "reject_speech_token", "utt_embedding", "spk_embedding"))
     cols = ["utt", "text", "audio_data", *(c for c in optional if c in names)]
     table = pf.read(columns=cols)
     utt = [str(u) for u in table.column("utt").to_pylist()]
@@ -129,6 +130,22 @@ def _read_parquet(path: Path) -> ShardIndex:
                       instruct_column="instruct" in names,
                       instruct_missing=len(no_instruct), examples={"embedding": no_emb[:EXAMPLES],
                                                                    "instruct": no_instruct[:EXAMPLES]})
+
+
+def _check_list_columns(path: Path, schema, columns: tuple[str, ...]) -> None:
+    """Columns upstream turns into tensors must be lists: a string (e.g. tokens saved as text) makes
+    upstream's pipeline fail or measure characters, so the data file itself is unusable."""
+    import pyarrow as pa
+
+    from ..errors import UsageError
+
+    for name in columns:
+        if name in schema.names:
+            kind = schema.field(name).type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+                raise UsageError(f"{path}: column {name} is stored as {kind}, but upstream's pipeline reads it as a "
+                                 "list of numbers (e.g. list<int64> speech tokens)",
+                                 hint="re-create the data with 'cosyext prepare' (or store the column as a list)")
 
 
 def _zero_rows(column) -> list[bool]:
