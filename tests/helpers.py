@@ -18,3 +18,12 @@ def run_cosyext(*args: str, cwd: Path | None = None, env: dict | None = None) ->
     """The real console entry point in a subprocess (exit codes, stderr as a user sees them)."""
     return subprocess.run([sys.executable, "-m", "cosyvoice_ext.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True)
+
+
+def default_signals() -> None:
+    """`preexec_fn` for a child a test sends SIGINT/SIGTERM to: a shell's background job starts with SIGINT
+    ignored (and Python then never installs its KeyboardInterrupt handler), so reset both to the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

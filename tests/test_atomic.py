@@ -20,7 +20,7 @@ from cosyvoice_ext.cli import main
 from cosyvoice_ext.errors import EnvironmentProblem, PatchConflict
 from cosyvoice_ext.upstream import journal, treelock
 from tests.conftest import MAIN
-from tests.helpers import tree_digest
+from tests.helpers import default_signals, tree_digest
 
 JOURNAL = Path(".cosyext/journal/journal.json")
 
@@ -94,7 +94,8 @@ class Paused:
         self.out, self.err = tmp / f"out-{n}", tmp / f"err-{n}"
         with open(self.out, "w") as o, open(self.err, "w") as e:
             self.proc = subprocess.Popen([sys.executable, "-c", PAUSING, str(root), str(n), str(self.ready),
-                                          str(self.go), *args], stdout=o, stderr=e)
+                                          str(self.go), *args], stdout=o, stderr=e,
+                                          preexec_fn=default_signals)
         wait_for(self.ready, self.proc, f"replacement {n}")
 
     def kill9(self) -> None:

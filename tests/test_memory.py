@@ -471,7 +471,11 @@ def rss():
         return int(f.read().split()[1]) * 4096
 if sys.argv[1] == "on":
     assert release_cpu_memory()
-for _ in range(3):  # a freed large temporary: glibc raises its mmap threshold to its size (mallopt(3))
+else:  # glibc as a training step leaves it: large freed temporaries raised its dynamic mmap threshold (and
+    # the trim threshold with it). Pinned, so the result does not depend on this process's heap history.
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    assert libc.mallopt(-3, 64 << 20) == 1 and libc.mallopt(-1, 1 << 30) == 1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+for _ in range(3):
     libc.free(alloc(8 << 20))
 before = rss()
 tmp, keep = [], []

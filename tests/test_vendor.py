@@ -19,7 +19,7 @@ from cosyvoice_ext.errors import UsageError, VerificationError
 from cosyvoice_ext.upstream import mirror, pin, sources
 from cosyvoice_ext.upstream.tree import recognise
 from tests.conftest import MAIN, PIN
-from tests.helpers import run_cosyext, tree_digest
+from tests.helpers import default_signals, run_cosyext, tree_digest
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ def test_a_signal_mid_clone_leaves_nothing_beside_dest(bundle_dir, tmp_path, sig
     (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "cosyvoice_ext.cli", "vendor", str(parent / "CosyVoice"),
                              "--source", str(bundle_dir)], env=_slow_git_env(tmp_path, ready),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     _wait_for(ready, proc)
     assert [p.name for p in parent.iterdir()][0].startswith(".CosyVoice.cosyext-")  # the clone is staged
     os.kill(proc.pid, getattr(signal, sig))
@@ -235,7 +235,7 @@ def test_sigterm_mid_download_leaves_no_temporary_wheel_dir(pypi_wheel, tmp_path
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WHEEL, str(pypi_wheel), str(ready), "vendor",
                              str(parent / "CosyVoice"), "--source", "pypi", "--rev", PIN],
                             env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_signals)
     _wait_for(ready, proc)
     wheel_dir = Path(ready.read_text())
     assert wheel_dir.parent == tmp and (wheel_dir / pypi_wheel.name).is_file()
