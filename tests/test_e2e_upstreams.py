@@ -136,13 +136,12 @@ def test_lora_trains_and_exports_a_stock_checkpoint_that_loads_strictly(setup, m
     assert res.returncode == 0, res.stderr[-3000:]
     merged, base = checkpoints.load(out), checkpoints.load(base_of(s, model))
     assert list(merged) == [k for k in base if k not in ("epoch", "step")]  # exactly the stock keys, in order
-    loaded = probe(s, "strict-load", str(s.ws.config), model, str(out), str(s.ws.qwen_dir))
+    checked = probe(s, "export-check", str(s.ws.config), model, str(out), str(base_of(s, model)), str(s.ws.qwen_dir),
+                    str(s.ws.cv_list))
     expected_class = {("cosyvoice2", "llm"): "Qwen2LM", ("cosyvoice2", "flow"): "CausalMaskedDiffWithXvec",
                       ("cosyvoice3", "llm"): "CosyVoice3LM", ("cosyvoice3", "flow"): "CausalMaskedDiffWithDiT"}
-    assert loaded["class"] == expected_class[(s.family, model)]
-    before = probe(s, "cv-loss", str(s.ws.config), model, str(base_of(s, model)), str(s.ws.qwen_dir),
-                   str(s.ws.cv_list))["loss"]
-    after = probe(s, "cv-loss", str(s.ws.config), model, str(out), str(s.ws.qwen_dir), str(s.ws.cv_list))["loss"]
+    assert checked["class"] == expected_class[(s.family, model)]  # loaded with strict=True
+    before, after = checked["base_loss"], checked["exported_loss"]
     print(f"\n{s.name} {model}: CV loss base {before:.4f} -> exported LoRA {after:.4f}")
     assert after < before
 

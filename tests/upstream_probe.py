@@ -3,6 +3,8 @@ several upstream commits never import two `cosyvoice` packages into one process.
 
     python tests/upstream_probe.py strict-load CONFIG MODEL CKPT QWEN_DIR
     python tests/upstream_probe.py cv-loss CONFIG MODEL CKPT QWEN_DIR CV_LIST
+    python tests/upstream_probe.py export-check CONFIG MODEL EXPORTED BASE QWEN_DIR CV_LIST
+        (strict load of EXPORTED, and the CV loss of BASE and of EXPORTED: one upstream import for all three)
 
 Prints one JSON line.
 """
@@ -54,6 +56,12 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"class": type(net).__name__, "tensors": len(net.state_dict())}))
     elif what == "cv-loss":
         print(json.dumps({"loss": cv_loss(*args)}))
+    elif what == "export-check":
+        config, model, exported, base, qwen, cv_list = args
+        _, net = build(config, model, exported, qwen)
+        print(json.dumps({"class": type(net).__name__, "tensors": len(net.state_dict()),
+                          "base_loss": cv_loss(config, model, base, qwen, cv_list),
+                          "exported_loss": cv_loss(config, model, exported, qwen, cv_list)}))
     else:
         raise SystemExit(f"unknown probe {what!r}")
 
