@@ -144,7 +144,22 @@ def test_status_reports_each_state(pristine_copy, capsys):
     assert doc["files"][TRAIN_UTILS] == "patched"
     assert doc["files"]["cosyvoice/flow/flow.py"] == "drifted"
     assert doc["files"]["cosyvoice/llm/llm.py"] == "missing"
-    assert doc["counts"] == {"pristine": len(doc["files"]) - 4, "patched": 2, "patched-older": 0, "drifted": 1, "missing": 1}
+    assert doc["counts"] == {"pristine": len(doc["files"]) - 4, "patched": 2, "patched-older": 0, "drifted": 1,
+                             "missing": 1, "absent": 0}  # a git checkout has the inference files
+
+
+def test_a_training_only_tree_without_inference_files_is_supported(pypi_wheel, lock, tmp_path, capsys):
+    """The PyPI wheel carries no (matching) cosyvoice/cli files: such a tree trains, and says what it lacks."""
+    root = tmp_path / "wheel-tree"
+    assert main(["vendor", str(root), "--source", str(pypi_wheel), "--rev", PIN]) == 0
+    capsys.readouterr()
+    assert main(["apply-patches", "--upstream", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--upstream", str(root), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    absent = sorted(f for f, st in doc["files"].items() if st == "absent")
+    assert absent == sorted(p for p, h in lock.resolve(PIN).files.items() if h.optional) != []
+    assert doc["supported"] and doc["counts"]["missing"] == 0
 
 
 def test_missing_files_refused(pristine_copy, lock):

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", help="where pristine trees come from (see 'cosyext vendor --help'; default: "
                    "$COSYEXT_UPSTREAM_MIRROR or the development checkout's mirror, else PyPI/GitHub)")
     p.add_argument("--pin-table", type=Path, metavar="TSV", help="take the commit's [files] from a pin table (needs --commit)")
+    p.add_argument("--add-files", nargs="+", metavar="PATH", help="lock these upstream files too (needs --commit); "
+                   "they are hashed from the pristine tree")
+    p.add_argument("--part", choices=["train", "inference"], default="train",
+                   help="with --add-files: 'inference' files may be absent from a training-only tree (default: train)")
     p.add_argument("--lock", type=Path, metavar="FILE", help="lock file to read and write (default: the installed one)")
     p.add_argument("--patches", type=Path, metavar="DIR", help="patches folder (default: the installed one)")
     p.add_argument("--check", action="store_true", help="do not write; exit 1 if the lock is stale")
@@ -42,28 +46,44 @@ def _source(args, commit) -> str:
     return "pypi" if commit.pypi else mirror.GITHUB
 
 
+def _added(args, root: Path, files: dict) -> dict:
+    """`files` plus the --add-files hashed from the pristine tree at `root`."""
+    from ..errors import UsageError
+    from ..upstream.lockfile import FileHash
+
+    out = dict(files)
+    for rel in args.add_files or ():
+        f = root / rel
+        if not f.is_file():
+            raise UsageError(f"--add-files {rel}: no such file in the pristine tree of that commit",
+                             hint="give paths relative to the upstream root, e.g. cosyvoice/cli/cosyvoice.py")
+        out[rel] = FileHash.of(f.read_bytes(), part=args.part)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..upstream import lockfile, lockgen, patching, sources
 
     path = args.lock or lockfile.default_lock_path()
     lock = lockfile.load(path)
-    if (args.upstream or args.pin_table) and not args.commit:
-        raise UsageError("--upstream and --pin-table describe one commit: also pass --commit REV",
+    if (args.upstream or args.pin_table or args.add_files) and not args.commit:
+        raise UsageError("--upstream, --pin-table and --add-files describe one commit: also pass --commit REV",
                          hint=f"supported commits: {lock.names()}")
     todo = [lock.resolve(args.commit)] if args.commit else list(lock.commits)
     for commit in todo:
         files = lockfile.files_from_pin_table(args.pin_table) if args.pin_table else None
         patches = patching.series_for(commit, args.patches)
         if args.upstream:
-            new = lockgen.regenerate(commit, args.upstream.resolve(), patches, files)
+            root = args.upstream.resolve()
+            new = lockgen.regenerate(commit, root, patches, _added(args, root, files or commit.files))
         else:
             with tempfile.TemporaryDirectory(prefix="cosyext-lock-") as tmp:
                 root = Path(tmp) / "upstream"
                 probe = commit if files is None else lockfile.Commit(**{**commit.__dict__, "files": files})
                 single = lockfile.Lock(lock.upstream_url, lock.submodule_urls, [probe])
                 sources.vendor(root, _source(args, commit), single, rev=commit.commit)
-                new = lockgen.regenerate(commit, root, patches, files)
+                new = lockgen.regenerate(commit, root, patches, _added(args, root, files or commit.files))
         lock.replace_commit(new)
     old_text, new_text = path.read_text(encoding="utf-8"), lock.to_toml()
     if old_text == new_text:

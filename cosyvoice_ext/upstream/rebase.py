@@ -35,6 +35,7 @@ from .lockfile import Commit, FileHash, Lock
 from .patching import Patch, read_series, series_dir, stage_series
 
 STATE = "state.json"
+INFERENCE_DIR = "cosyvoice/cli/"
 RESOLUTIONS = "resolutions"
 _DIFF_START = re.compile(r"^diff --git ", re.M)
 _HUNK = re.compile(r"^@@ .*$", re.M)
@@ -339,7 +340,10 @@ def _locked_files(repo: Path, old: Commit, onto: str, matcha_repo: str | None, w
     before = set(_git(repo, "ls-tree", "-r", "--name-only", old.commit).stdout.splitlines())
     wanted = {p for p in old.files if not p.startswith(pin.MATCHA_PATH + "/") and p in blobs}
     wanted |= {p for p in blobs if p.startswith("cosyvoice/") and p not in before}
-    files = {p: FileHash.of(_git_bytes(repo, "cat-file", "blob", blobs[p])) for p in sorted(wanted)}
+    def part(p: str) -> str:  # a file keeps its role; new inference code is upstream's cli/
+        return old.files[p].part if p in old.files else ("inference" if p.startswith(INFERENCE_DIR) else "train")
+
+    files = {p: FileHash.of(_git_bytes(repo, "cat-file", "blob", blobs[p]), part=part(p)) for p in sorted(wanted)}
     sub = gitlinks.get(pin.MATCHA_PATH)
     matcha_files = {p: h for p, h in old.files.items() if p.startswith(pin.MATCHA_PATH + "/")}
     if sub and sub != old.submodules.get(pin.MATCHA_PATH) and matcha_files:
@@ -403,9 +407,11 @@ def _finish(workdir: Path, state: State) -> Result:
             for n, r in resolutions.items():
                 (staging / RESOLUTIONS / f"{n}.diff").write_text(r, encoding="utf-8")
         patches = [Patch(n, staging / n) for n in names]
-        # a commit is immutable: re-running onto a supported commit (a refresh) keeps its files and wheel
+        # a refresh (onto the series' own commit) keeps that commit's files and wheel; onto another commit
+        # the locked files follow the source commit's set, so a file locked there is locked here too
         existing = next((c for c in lock.commits if c.commit == state.onto), None)
-        files = existing.files if existing else _locked_files(repo, old, state.onto, state.matcha, workdir)
+        refresh = old.commit == state.onto
+        files = old.files if refresh else _locked_files(repo, old, state.onto, state.matcha, workdir)
         touched = sorted({f for p in patches for f in p.touched()})
         pristine = {f: _git_bytes(repo, "show", f"{state.onto}:{f}") for f in touched}
         staged = stage_series(pristine, patches, Path(f"upstream {state.onto[:12]}"))

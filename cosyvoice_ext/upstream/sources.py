@@ -35,7 +35,8 @@ def verify_locked_files(root: Path, commit: Commit) -> None:
     for rel, h in sorted(commit.files.items()):
         f = root / rel
         if not f.is_file():
-            missing.append(rel)
+            if not (h.optional and not f.exists()):  # a training-only source has no inference files
+                missing.append(rel)
         elif not h.matches(f.read_bytes()):
             differ.append(rel)
     if missing or differ:
@@ -178,8 +179,11 @@ def vendor(dest: Path, source: str, lock: Lock, rev: str | None = None, matcha: 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    absent = [rel for rel, h in commit.files.items() if h.optional and not (dest / rel).exists()]
+    note = (f"; {len(absent)} inference file(s) are not in this source (training works; 'cosyext synth' and "
+            "'cosyext eval' need a git source)") if absent else ""
     return (f"vendored upstream {commit.label} ({', '.join(commit.families)}) from {kind} into {dest} "
-            f"({len(commit.files)} locked files verified)")
+            f"({len(commit.files) - len(absent)} locked files verified{note})")
 
 
 def _staging_prefix(dest: Path) -> str:

@@ -19,6 +19,8 @@ class State(str, Enum):
     PATCHED_OLDER = "patched-older"
     DRIFTED = "drifted"
     MISSING = "missing"
+    #: an optional (inference) file a training-only tree does not have: fine for training
+    ABSENT = "absent"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def classify(root: Path, commit: Commit, record: Record | None = None) -> list[F
     for rel, pristine in sorted(commit.files.items()):
         f = root / rel
         if not f.is_file():
-            out.append(FileState(rel, State.MISSING))
+            out.append(FileState(rel, State.ABSENT if pristine.optional and not f.exists() else State.MISSING))
             continue
         data = f.read_bytes()
         patched = commit.patched.get(rel)
@@ -107,8 +109,8 @@ def recognise(root: Path, lock: Lock, record: Record | None = None) -> Recogniti
 
 def unsupported_error(rec: Recognition, lock: Lock) -> VerificationError:
     """One clear message for a tree at no supported commit: where it is, the nearest, both ways forward."""
-    diff = differing(rec.states)
     nearest = rec.nearest
+    diff = differing(rec.states)
     at = f"is a git checkout at {rec.head[:12]}, which is not a supported upstream commit" if rec.head else \
         "is not at any supported upstream commit (compared by content; no git checkout to ask)"
     sample = "\n".join(f"  {s.state.value:8} {s.path}" for s in diff[:8]) + (
