@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "export_cmd",
     "prepare_cmd",
     "plot_cmd",
+    "eval_cmd",
     "demo",
 )
 

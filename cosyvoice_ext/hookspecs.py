@@ -85,3 +85,16 @@ def cosyext_after_save(model_name: str, info_dict: dict) -> None:
     ``init``, ``info_dict['loss_dict']`` holds the CV losses that checkpoint was evaluated with.
     A plugin may end training here (all ranks must agree; exit with status 0).
     """
+
+
+# --- evaluation: called by `cosyext eval` ---------------------------------------------------------
+
+@hookspec
+def cosyext_register_metrics(register: Callable[..., None]) -> None:
+    """Contribute eval metrics: call ``register(metric)`` for each (a fresh object per call).
+
+    A metric has ``name`` (lower-case, unique across plugins), ``label``, ``higher_is_better``,
+    ``setup(context)`` and ``score(sample) -> float | Score``; either method raises
+    :class:`cosyvoice_ext.eval.MetricUnavailable` with the reason it cannot run, which eval reports
+    (docs/eval.md). Called once per ``cosyext eval``; nothing is loaded at registration.
+    """

@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("early_stop", "cosyvoice_ext.builtin.early_stop"),
     ("memory", "cosyvoice_ext.builtin.memory"),
     ("lint_rules", "cosyvoice_ext.lint.plugin"),
+    ("metrics", "cosyvoice_ext.builtin.metrics"),
 )
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HINT = "fix or uninstall that plugin ('cosyext plugins' lists them), or set {env}=1 to skip third-party plugins"
@@ -214,6 +215,20 @@ class Hooks:
                 raise
             except Exception as exc:
                 raise PluginError(f"plugin '{plugin}' failed while registering lint rules: {exc!r}",
+                                  hint=_HINT.format(env=DISABLE_ENV)) from exc
+
+    def register_metrics(self, add: Callable[[Any, str], None]) -> None:
+        """Each plugin's eval metrics, passed to ``add(metric, plugin_name)``; a crashing plugin is named."""
+        for plugin, function, argnames in self._per_plugin("cosyext_register_metrics"):
+            def register(metric: Any, _plugin: str = plugin) -> None:
+                add(metric, _plugin)
+
+            try:
+                function(**({"register": register} if "register" in argnames else {}))
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin '{plugin}' failed while registering eval metrics: {exc!r}",
                                   hint=_HINT.format(env=DISABLE_ENV)) from exc
 
     def register_config_sections(self) -> dict[str, Section]:

@@ -5,6 +5,12 @@ this builds a 2-layer, 64-wide Qwen2 and a byte-level BPE tokenizer trained on a
 entirely offline.
 The corpus is the made-up language of `LEXICON`, which `tiny.data` also speaks, so every word of
 the generated transcripts is a single text token and the text predicts the speech tokens.
+
+`qwen2_ids=True` lays the vocabulary out as the real Qwen2's: upstream's inference hard-codes token ids
+of it (`CosyVoice3LM.inference` asserts id 151646, `<|endofprompt|>`, the first token upstream's
+tokenizer adds after Qwen2's own specials at 151643..151645). The BPE tokens are padded with filler
+tokens that no text encodes to, and the embedding table has Qwen2's 151,936 rows (tied with the
+output layer, as in Qwen2-0.5B): ~9.7M parameters at hidden 64, 39 MB, ~2 s to make.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ EOS_TOKEN = "<|endoftext|>"
 # CosyVoice2Tokenizer ~20, CosyVoice3Tokenizer 280 (phonemes). Per family, so the CosyVoice2 Qwen
 # stays byte-identical to the one earlier releases generated.
 _SPECIAL_TOKEN_HEADROOM = {"cosyvoice2": 64, "cosyvoice3": 320}
+#: the real Qwen2 tokenizer's own special tokens and their ids; upstream adds its specials after them
+QWEN2_SPECIAL_IDS = {EOS_TOKEN: 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+#: rows of the real Qwen2 embedding table (Qwen2-0.5B, CosyVoice-BlankEN)
+QWEN2_VOCAB_SIZE = 151936
 
 
 def _corpus() -> list[str]:
@@ -68,12 +78,33 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
+def _qwen2_id_layout(tok):
+    """The trained BPE with Qwen2's id layout: filler up to 151643, then Qwen2's specials (module docstring)."""
+    from tokenizers import Tokenizer
+
+    doc = json.loads(tok.to_str())
+    first_special = min(QWEN2_SPECIAL_IDS.values())
+    # the trainer put <|endoftext|> at id 0: renumber the BPE tokens densely (merges name tokens, not ids)
+    ordered = sorted((i, t) for t, i in doc["model"]["vocab"].items() if t not in QWEN2_SPECIAL_IDS)
+    vocab = doc["model"]["vocab"] = {t: k for k, (_, t) in enumerate(ordered)}
+    if len(vocab) > first_special:
+        raise ValueError(f"bpe_vocab_size {len(vocab)} reaches Qwen2's special token ids ({first_special})")
+    # no merge produces these, so no text encodes to them (their only job is to occupy ids)
+    vocab.update({f"<|cosyext_filler_{i}|>": i for i in range(len(vocab), first_special)})
+    vocab.update(QWEN2_SPECIAL_IDS)
+    doc["added_tokens"] = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                            "normalized": False, "special": True} for c, i in QWEN2_SPECIAL_IDS.items()]
+    return Tokenizer.from_str(json.dumps(doc))
+
+
 def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400,
-                   family: str | Family = "cosyvoice2") -> Path:
+                   family: str | Family = "cosyvoice2", qwen2_ids: bool = False) -> Path:
     """Write a Qwen2ForCausalLM + Qwen2TokenizerFast directory to `dest` and return it.
 
     `family` sizes the vocabulary so that every special token that family's upstream tokenizer
-    adds gets an id below vocab_size. Same seed, same bytes. Works with HF_HUB_OFFLINE=1.
+    adds gets an id below vocab_size. `qwen2_ids` gives the real Qwen2's token ids and table size
+    instead (what upstream's CosyVoice3 inference needs; see the module docstring). Same seed, same
+    bytes. Works with HF_HUB_OFFLINE=1.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2TokenizerFast
@@ -83,8 +114,9 @@ def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400,
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
 
+    tok = _train_tokenizer(bpe_vocab_size)
     fast = Qwen2TokenizerFast(
-        tokenizer_object=_train_tokenizer(bpe_vocab_size),
+        tokenizer_object=_qwen2_id_layout(tok) if qwen2_ids else tok,
         unk_token=None,
         bos_token=None,
         eos_token=EOS_TOKEN,
@@ -93,7 +125,7 @@ def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400,
     fast.save_pretrained(str(dest))
     _force_tokenizer_class(dest / "tokenizer_config.json")
 
-    vocab_size = -(-(len(fast) + headroom) // 64) * 64
+    vocab_size = QWEN2_VOCAB_SIZE if qwen2_ids else -(-(len(fast) + headroom) // 64) * 64
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -103,7 +135,7 @@ def make_tiny_qwen(dest: Path, seed: int = 0, *, bpe_vocab_size: int = 400,
         num_key_value_heads=2,
         max_position_embeddings=4096,
         sliding_window=None,  # unused (use_sliding_window is off); None keeps transformers quiet
-        tie_word_embeddings=False,
+        tie_word_embeddings=qwen2_ids,
         bos_token_id=None,
         eos_token_id=fast.convert_tokens_to_ids(EOS_TOKEN),
         torch_dtype="float32",
