@@ -21,6 +21,17 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   fi
 fi
 
+# the web page test of `cosyext serve` drives a real headless browser: Debian's chromium + chromium-driver
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "chromium/chromedriver missing (the serve web page test needs them): installing them with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >&2
+  else
+    log "chromium and chromedriver are missing: the serve web page test will fail saying so."
+    log "Install them (e.g. 'sudo apt-get install chromium chromium-driver') for the full test suite."
+  fi
+fi
+
 if [ ! -f "$venv/.complete" ]; then
   log "creating training environment $venv (first run only, a few minutes)"
   rm -rf "$venv"
