@@ -30,7 +30,9 @@ COMMAND_MODULES = (
     "export_cmd",
     "prepare_cmd",
     "plot_cmd",
+    "synth_cmd",
     "eval_cmd",
+    "serve_cmd",
     "demo",
 )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Callable
 
 import numpy as np
@@ -80,19 +81,24 @@ class Synthesizer:
     def tts(self, text: str, voice: Voice, *, seed: int, stream: bool = False) -> np.ndarray:
         """`text` spoken by `voice`: float32 mono samples at `sample_rate`. The same seed gives the same audio
         (offline and streaming); `stream=True` runs upstream's chunked path and returns all chunks joined."""
+        return np.concatenate(list(self.chunks(text, voice, seed=seed, stream=stream))).astype(np.float32, copy=False)
+
+    def chunks(self, text: str, voice: Voice, *, seed: int, stream: bool = False) -> Iterator[np.ndarray]:
+        """As :meth:`tts`, chunk by chunk as upstream yields them (what a streaming server sends; the first
+        chunk's latency is what a listener waits). Checks run before the first chunk is asked for."""
         if not isinstance(text, str) or not text.strip():
             raise UsageError("the text to synthesise is empty", hint="pass --text 'something to say'")
         self.check_voice(voice)
         fam, kw = self.family, {"text_frontend": self.text_frontend}
         if isinstance(voice, Speaker):
             if voices.speaker_mode(self.model_dir, voice) == "sft":
-                return self._engine.run("inference_sft", voices.with_instruct(text, fam), voice.name, seed=seed,
-                                        stream=stream, **kw)
-            return self._engine.run("inference_zero_shot", text, "", "", seed=seed, stream=stream,
-                                    zero_shot_spk_id=voice.name, **kw)
+                return self._engine.chunks("inference_sft", voices.with_instruct(text, fam), voice.name, seed=seed,
+                                           stream=stream, **kw)
+            return self._engine.chunks("inference_zero_shot", text, "", "", seed=seed, stream=stream,
+                                       zero_shot_spk_id=voice.name, **kw)
         prompt = self._prompt(voice.wav)
-        return self._engine.run("inference_zero_shot", text, voices.with_instruct(voice.text, fam), prompt, seed=seed,
-                                stream=stream, **kw)
+        return self._engine.chunks("inference_zero_shot", text, voices.with_instruct(voice.text, fam), prompt,
+                                   seed=seed, stream=stream, **kw)
 
     def _prompt(self, wav: Path):
         """A path (2026 API) or upstream's own 16 kHz load of it (2025 API: prompt_speech_16k)."""

@@ -121,16 +121,24 @@ class Engine:
 
     def run(self, method: str, *args: Any, seed: int, stream: bool, **kwargs: Any) -> np.ndarray:
         """Call `cv.<method>(*args, stream=..., **kwargs)` and return the whole audio (float32, mono)."""
+        chunks = list(self.chunks(method, *args, seed=seed, stream=stream, **kwargs))
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def chunks(self, method: str, *args: Any, seed: int, stream: bool, **kwargs: Any) -> Iterator[np.ndarray]:
+        """The audio as upstream yields it (one chunk offline, several when streaming), float32 mono each.
+
+        The instance stays locked and the global RNGs seeded until the generator is exhausted or closed."""
         with self._lock, _seeded(seed):
             self._errors.clear()
             self.sampler.seed(seed)
             if self._hop is not None:
                 self.model.token_hop_len = self._hop
-            chunks = []
+            produced = False
             try:
                 for out in getattr(self.cv, method)(*args, stream=stream, **kwargs):
                     self._raise_thread_error()
-                    chunks.append(out["tts_speech"].detach().cpu().float().numpy().reshape(-1))
+                    produced = True
+                    yield out["tts_speech"].detach().cpu().float().numpy().reshape(-1)
             except SynthesisError:
                 raise
             except Exception as exc:  # the vocoder failing on what the dead LLM thread left, or its own error
@@ -138,9 +146,8 @@ class Engine:
                 raise SynthesisError(f"upstream's {type(self.cv).__name__}.{method} failed: {type(exc).__name__}: "
                                      f"{exc}", hint=_HINT) from exc
             self._raise_thread_error()
-        if not chunks:
-            raise SynthesisError(f"upstream's {type(self.cv).__name__}.{method} produced no audio", hint=_HINT)
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+            if not produced:
+                raise SynthesisError(f"upstream's {type(self.cv).__name__}.{method} produced no audio", hint=_HINT)
 
     def _raise_thread_error(self) -> None:
         if self._errors:

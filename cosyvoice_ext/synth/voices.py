@@ -120,6 +120,22 @@ def speaker_mode(model_dir: Path, voice: Speaker) -> str:
                      hint="re-register it with cosyext export --serve ... --speaker-name NAME")
 
 
+def default_speaker(model_dir: Path) -> str | None:
+    """The speaker a model dir speaks with when none is named: speaker_config.json's "default_speaker"
+    when it names a registered one, else the only entry of spk2info.pt; None when neither says."""
+    import json
+
+    speakers = read_speakers(model_dir)
+    try:
+        doc = json.loads((Path(model_dir) / "speaker_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        doc = None
+    named = doc.get("default_speaker") if isinstance(doc, dict) else None
+    if isinstance(named, str) and named in speakers:
+        return named
+    return next(iter(speakers)) if len(speakers) == 1 else None
+
+
 def with_instruct(text: str, fam: families.Family) -> str:
     """The text CosyVoice3's LLM needs (the family's instruct in front), unchanged for CosyVoice2."""
     if not fam.default_instruct or END_OF_PROMPT in text:
