@@ -277,11 +277,11 @@ def test_cosyvoice3_export_serve_writes_a_cosyvoice3_model_dir(cv3, cv3_tree, tm
     spk2info = torch.load(out / "spk2info.pt", weights_only=True)
     assert set(spk2info) == {"stock_voice", "my_voice"}
     assert torch.allclose(spk2info["my_voice"]["embedding"], torch.ones(1, 192))  # mean of 0.5 and 1.5
-    doc = json.loads((out / "speaker_config.json").read_text(encoding="utf-8"))
-    assert [e["name"] for e in doc["speakers"]] == ["my_voice"]
-    entry = doc["speakers"][0]
-    assert entry["family"] == "cosyvoice3" and entry["description"] == "tiny cv3 voice"
-    assert entry["llm"] == str((out / "llm.pt").resolve()) and entry["flow"] == str((out / "flow.pt").resolve())
+    doc = json.loads((out / "speaker_config.json").read_text(encoding="utf-8"))  # the keyed form cosyext serve reads
+    assert doc["default_speaker"] == "my_voice" and list(doc["speakers"]) == ["my_voice"]
+    assert doc["speakers"]["my_voice"] == {"type": "merged", "model_dir": ".", "spk_id": "my_voice",
+                                           "description": "tiny cv3 voice", "active": True, "family": "cosyvoice3",
+                                           "merged": ["flow", "llm"]}
 
 
 def test_export_serve_refuses_a_pretrained_dir_of_the_other_family(cv3, cv3_tree, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Assemble a directory upstream inference (`CosyVoice2(MODEL_DIR)` or `CosyVoice3(MODEL_DIR)`) loads:
 the pretrained files linked (or copied) untouched, our merged llm.pt/flow.pt, the speaker registered
-in spk2info.pt for prompt-free (SFT-style) inference, and a speaker_config.json entry for the user's
-TTS server. The family comes from the pretrained directory (its cosyvoice2.yaml or cosyvoice3.yaml,
+in spk2info.pt for prompt-free (SFT-style) inference, and a speaker_config.json entry (the keyed form
+`cosyext serve` and users' TTS servers read) naming this dir as a merged voice. The family comes from the pretrained directory (its cosyvoice2.yaml or cosyvoice3.yaml,
 see :mod:`cosyvoice_ext.family`) and must be the family of the exported model.
 
 Nothing is ever written into PRETRAINED_DIR (:mod:`.outputs` refuses a MODEL_DIR inside it): files
@@ -186,41 +186,41 @@ def register_speaker(pretrained: Path, model_dir: Path, name: str, embedding: li
 
 
 def read_speaker_config(model_dir: Path) -> dict:
-    """MODEL_DIR/speaker_config.json as a dict (an empty list form when absent).
+    """MODEL_DIR/speaker_config.json in the keyed form `cosyext serve` reads (docs/serve.md), ``{"speakers": {}}``
+    when absent.
 
-    Two forms are kept as they are: ours (``"speakers": [{"name": ...}, ...]``) and the keyed one
-    (``"speakers": {NAME: {...}}``, ``"default_speaker"``) that TTS servers read. Anything else is a
-    UsageError: the file is never replaced by a guess.
+    The list form older exports wrote (``"speakers": [{"name": ...}, ...]``) is migrated in memory (each
+    entry a ``"type": "merged"`` voice of its model_dir); anything else is a UsageError: the file is never
+    replaced by a guess.
     """
+    from ...serve.config import normalise
+
     path = model_dir / SPEAKER_CONFIG
     if not path.exists():
-        return {"speakers": []}
+        return {"speakers": {}}
     hint = f"move it aside (mv {path} {path}.bak) and run again: the speaker's entry is written anew"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path} is not readable JSON ({exc})", hint=hint) from exc
-    speakers = doc.get("speakers", []) if isinstance(doc, dict) else None
-    if isinstance(speakers, list) and all(isinstance(s, dict) for s in speakers):
-        return doc
-    if isinstance(speakers, dict) and all(isinstance(s, dict) for s in speakers.values()):
-        return doc
-    raise UsageError(f"{path} is not a speaker config: expected {{\"speakers\": [...]}} or "
-                     f"{{\"speakers\": {{NAME: {{...}}}}}}", hint=hint)
+    return normalise(doc, model_dir, str(path))[0]
 
 
 def write_speaker_config(model_dir: Path, name: str, description: str, models: dict[str, str],
                          family: str | None = None) -> None:
-    """Add (or replace) the speaker's entry; ``family`` ('cosyvoice2'/'cosyvoice3') tells a server which
-    inference class opens ``model_dir``."""
+    """Add (or replace) the speaker's entry: a ``"type": "merged"`` voice of this dir (``"model_dir": "."``,
+    relative to the file), speaking as ``spk_id`` from spk2info.pt; ``merged`` lists the models whose
+    weights are this dir's own (not links to the pretrained dir), ``family`` ('cosyvoice2'/'cosyvoice3') the inference class. The first speaker becomes the
+    ``default_speaker``; an existing entry's ``active`` flag is kept."""
     doc = read_speaker_config(model_dir)
-    entry = {"name": name, "spk_id": name, "model_dir": str(model_dir.resolve()), "description": description,
+    old = doc["speakers"].get(name, {})
+    entry = {"type": "merged", "model_dir": ".", "spk_id": name, "description": description,
+             "active": old.get("active", True) if isinstance(old.get("active", True), bool) else True,
              **({"family": family} if family else {}),
-             **{k: str((model_dir / v).resolve()) for k, v in models.items()}}
-    if isinstance(doc.get("speakers"), dict):
-        doc["speakers"][name] = entry
-    else:
-        doc["speakers"] = [s for s in doc.get("speakers", []) if s.get("name") != name] + [entry]
+             "merged": sorted(m for m, f in models.items() if not (model_dir / f).is_symlink())}
+    doc["speakers"][name] = entry
+    if not isinstance(doc.get("default_speaker"), str) or doc["default_speaker"] not in doc["speakers"]:
+        doc["default_speaker"] = name
     install_file(lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"),
                  model_dir / SPEAKER_CONFIG)
 
