@@ -3,6 +3,8 @@
 prepare writes only these names (its *outputs*), always by rename from a temporary file:
 
 - ``DEST/prepare_report.tsv``, ``DEST/prepare_summary.json``, ``DEST/.cosyext-prepare/`` (resume state);
+- from raw recordings: ``DEST/segments/*.wav`` (cut utterances; ones no longer planned are deleted),
+  ``DEST/transcripts.tsv``, ``DEST/report.html``, ``DEST/report.md``, ``DEST/report/*.png``;
 - ``DEST/{train,cv}/data.list``, ``utt2data.list``, ``spk2data.list``;
 - ``DEST/{train,cv}/parquet/{parquet,utt2parquet,spk2parquet}_NNNNNNNNN.{parquet,json}``; shards numbered
   beyond the current plan are deleted (an earlier run planned more).
@@ -25,6 +27,10 @@ from .state import RUN_FILES, STATE_DIR, PrepareState
 
 REPORT_NAME = "prepare_report.tsv"
 SUMMARY_NAME = "prepare_summary.json"
+#: written from raw recordings (see `raw`, `report`): cut utterances, the editable transcripts, the data report
+SEGMENTS_DIR = "segments"
+TOP_NAMES = (REPORT_NAME, SUMMARY_NAME, "transcripts.tsv", "report.html", "report.md")
+REPORT_PNG_DIR = "report"
 SETS = ("train", "cv")
 LIST_NAMES = ("data.list", "utt2data.list", "spk2data.list")
 #: a shard or side file, or its temporary name while it is written
@@ -42,7 +48,11 @@ def is_output(path: Path, dest: Path) -> bool:
         return False
     if not parts:
         return False
-    if parts[0] == STATE_DIR or (len(parts) == 1 and _untemp(parts[0]) in (REPORT_NAME, SUMMARY_NAME)):
+    if parts[0] == STATE_DIR or (len(parts) == 1 and _untemp(parts[0]) in TOP_NAMES):
+        return True
+    if len(parts) == 2 and parts[0] == SEGMENTS_DIR and _untemp(parts[1]).endswith(".wav"):
+        return True
+    if len(parts) == 2 and parts[0] == REPORT_PNG_DIR and _untemp(parts[1]).endswith(".png"):
         return True
     if len(parts) >= 2 and parts[0] in SETS:
         if len(parts) == 2:

@@ -27,6 +27,8 @@ from ..errors import CosyextError, UsageError
 from . import align
 from . import audio as audio_mod
 from . import dest as dest_mod
+from . import raw as raw_mod
+from . import report as report_mod
 from .family_choice import Choice, choose
 from .features import FeatureError, NoFeatures, example_pretrained, open_extractor
 from .shards import remove_stale, shard_paths, write_lists, write_shard
@@ -64,6 +66,23 @@ class PrepareOptions:
     family: str | None = None
     #: CosyVoice3's instruct text; None: the family's default
     instruct: str | None = None
+    # --- raw recordings (see `raw`): on with `asr`, or when SRC is one audio file ---------------
+    #: Whisper model name or checkpoint path
+    asr: str | None = None
+    language: str | None = None
+    min_segment_sec: float = 2.0
+    max_segment_sec: float = 15.0
+    split_pause: float = 0.5
+    target_lufs: float = -20.0
+    min_speech_ratio: float = 0.5
+    min_asr_logprob: float = -1.0
+    max_no_speech: float = 0.6
+    max_compression_ratio: float = 2.4
+    max_clipped: float = 0.001
+    #: the data report (report.html/.md); None: written for raw recordings only
+    report: bool | None = None
+    #: GPU size (GiB) the report's training recommendation is for
+    gpu_memory: float = 16.0
 
 
 @dataclasses.dataclass
@@ -89,6 +108,14 @@ class PrepareResult:
     #: utterances whose stored audio was cut to whole tokens / whose surplus tokens were dropped
     audio_cut: int = 0
     tokens_dropped: int = 0
+    #: raw recordings: segments cut (kept or not), kept, ASR results computed / reused, TSV edits used
+    segments: int = 0
+    segments_kept: int = 0
+    asr_computed: int = 0
+    asr_reused: int = 0
+    edited: int = 0
+    #: DEST/report.html when a report was written
+    report_html: Path | None = None
 
 
 def _check_options(o: PrepareOptions) -> None:
@@ -101,6 +128,31 @@ def _check_options(o: PrepareOptions) -> None:
     if o.min_sec < 0 or o.max_sec <= o.min_sec:
         raise UsageError(f"need 0 <= --min-sec < --max-sec, got {o.min_sec} and {o.max_sec}",
                          hint="cosyext prepare SRC DEST --min-sec 0.5 --max-sec 30")
+    if o.min_segment_sec < 0 or o.max_segment_sec <= o.min_segment_sec:
+        raise UsageError(f"need 0 <= --min-segment-sec < --max-segment-sec, got {o.min_segment_sec} and "
+                         f"{o.max_segment_sec}", hint="cosyext prepare SRC DEST --asr small --min-segment-sec 2 "
+                                                      "--max-segment-sec 15")
+    if o.gpu_memory <= 0:
+        raise UsageError(f"--gpu-memory must be > 0 GiB, got {o.gpu_memory}", hint="cosyext prepare SRC DEST "
+                         "--gpu-memory 16")
+
+
+def is_raw(o: PrepareOptions, dest: Path) -> bool:
+    """Cut and transcribe recordings: `--asr` given, SRC one audio file, or DEST from such a run."""
+    return o.asr is not None or Path(o.src).expanduser().is_file() or \
+        (dest / STATE_DIR / raw_mod.SLICES).is_file()
+
+
+def raw_options(o: PrepareOptions) -> raw_mod.RawOptions:
+    from .slicing import SliceOptions
+
+    return raw_mod.RawOptions(asr=o.asr, language=o.language,
+                              slice=SliceOptions(min_sec=o.min_segment_sec, max_sec=o.max_segment_sec,
+                                                 split_pause=o.split_pause),
+                              target_lufs=o.target_lufs, min_speech_ratio=o.min_speech_ratio,
+                              min_asr_logprob=o.min_asr_logprob, max_no_speech=o.max_no_speech,
+                              max_compression_ratio=o.max_compression_ratio,
+                              max_clipped=o.max_clipped)
 
 
 def _say(msg: str) -> None:
@@ -144,12 +196,18 @@ def prepare(o: PrepareOptions) -> PrepareResult:
     extractor = open_extractor(o.pretrained, o.no_features, choice.family)
     dest = Path(o.dest).expanduser().resolve()
     dest_mod.check(o.src, dest, resume=o.resume, force=o.force)
-    utts, problems = discover(Path(o.src), speaker=o.speaker)
-    dest_mod.refuse_outputs_as_inputs({u.wav: f"utterance {u.utt}" for u in utts}, dest)
+    recordings = None
+    if is_raw(o, dest):
+        recordings, utts, problems = raw_mod.find(Path(o.src), dest, o.speaker)
+        dest_mod.refuse_outputs_as_inputs({**{u.wav: f"utterance {u.utt}" for u in utts},
+                                           **{p: f"recording {rid}" for p, rid, _ in recordings}}, dest)
+    else:
+        utts, problems = discover(Path(o.src), speaker=o.speaker)
+        dest_mod.refuse_outputs_as_inputs({u.wav: f"utterance {u.utt}" for u in utts}, dest)
     for p in problems:
         _say(f"skipped {escape(p.path or p.utt)}: {p.reason}")
     try:
-        return _prepare(o, dest, choice, extractor, utts, problems, tqdm)
+        return _prepare(o, dest, choice, extractor, utts, problems, tqdm, recordings)
     except OSError as exc:  # reading audio is handled per utterance; this is DEST (or SRC) failing as a whole
         where = exc.filename if exc.filename is not None else dest
         raise UsageError(f"cannot write {where}: {exc.strerror or exc}",
@@ -158,7 +216,7 @@ def prepare(o: PrepareOptions) -> PrepareResult:
 
 
 def _prepare(o: PrepareOptions, dest: Path, choice: Choice, extractor, utts: list[Utterance],
-             problems: list[Problem], tqdm) -> PrepareResult:
+             problems: list[Problem], tqdm, recordings=None) -> PrepareResult:
     if o.force:
         dest_mod.forget_earlier_run(dest)
     state = PrepareState(dest)
@@ -167,14 +225,70 @@ def _prepare(o: PrepareOptions, dest: Path, choice: Choice, extractor, utts: lis
                     resume_hint=lambda earlier: _resume_hint(o, choice, earlier))
     state.load()
     state.open()
+    segments: list[raw_mod.Segment] = []
+    counts = (0, 0, 0)
     try:
+        if recordings is not None:
+            segments, raw_problems, counts = raw_mod.run(recordings, dest, state.dir, raw_options(o), _say, tqdm,
+                                                         _no_bar(o))
+            problems.extend(raw_problems)
+            for s in segments:
+                if s.status == "kept":
+                    utts.append(Utterance(s.utt, s.path, s.text, s.spk))
+                else:
+                    problems.append(Problem(s.utt, str(s.path), s.status))
+                    _say(f"dropped {s.utt} ({s.start:.2f}-{s.end:.2f} s of {s.recording}): {s.status}")
+            utts.sort(key=lambda u: u.utt)
         records, keys, stats = _features(utts, state, extractor, o, problems, tqdm)
-        result = _write(dest, utts, records, keys, state, o, choice, extractor.speech_tokenizer, problems, tqdm)
+        want_report = o.report if o.report is not None else recordings is not None
+        try:
+            result = _write(dest, utts, records, keys, state, o, choice, extractor.speech_tokenizer, problems, tqdm)
+        except NoUsableData:
+            if want_report:
+                _report(dest, o, choice, extractor, utts, records, problems, segments)
+            raise
     finally:
         state.close()
     result.features_computed, result.features_reused = stats
     result.features = "none" if isinstance(extractor, NoFeatures) else "onnx"
+    result.segments, result.segments_kept = len(segments), sum(s.status == "kept" for s in segments)
+    result.asr_computed, result.asr_reused, result.edited = counts
+    if want_report:
+        numbers = _report(dest, o, choice, extractor, utts, records, problems, segments)
+        result.report_html = dest / report_mod.HTML_NAME
+        summary_path = dest / SUMMARY_NAME
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        summary["report"] = numbers
+        if recordings is not None:
+            summary["segments"] = {"cut": result.segments, "kept": result.segments_kept,
+                                   "transcripts_edited": result.edited}
+        write_atomic(summary_path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return result
+
+
+def _report(dest: Path, o: PrepareOptions, choice: Choice, extractor, utts: list[Utterance],
+            records: dict[str, dict[str, Any]], problems: list[Problem], segments) -> dict[str, Any]:
+    """report.html/.md over every utterance and segment, kept or dropped (see `report`)."""
+    items: dict[str, report_mod.Item] = {}
+    for s in segments:
+        items[s.utt] = report_mod.Item(s.utt, s.spk, s.seconds, s.text, s.status, str(s.path))
+    by_id = {u.utt: u for u in utts}
+    for p in problems:
+        known = items.get(p.utt)
+        items[p.utt] = report_mod.Item(p.utt, known.spk if known else "", known.seconds if known else None,
+                                       known.text if known else "", p.reason, p.path)
+    for u, rec in records.items():
+        items[u] = report_mod.Item(u, by_id[u].spk, round(float(rec["seconds"]), 3), by_id[u].text, "kept",
+                                   str(by_id[u].wav))
+    kept = {u: str(by_id[u].wav) for u in records}
+    if isinstance(extractor, NoFeatures):
+        emb, source = report_mod.resemblyzer_embeddings(kept), "resemblyzer (GE2E, weights from its wheel)"
+    else:
+        emb = {u: np.asarray(records[u]["utt_embedding"], dtype=np.float64) for u in kept}
+        source = "campplus (the utt_embedding column, from --pretrained)"
+    minutes = sum(float(records[u]["seconds"]) for u in records) / 60
+    rec = report_mod.recommend(minutes, o.gpu_memory, choice.family.name)
+    return report_mod.write(dest, [items[k] for k in sorted(items)], emb, source, rec)
 
 
 def _resume_hint(o: PrepareOptions, choice: Choice, earlier: dict[str, Any]) -> str:

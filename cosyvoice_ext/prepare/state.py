@@ -24,7 +24,7 @@ from ..errors import UsageError
 
 STATE_DIR = ".cosyext-prepare"
 #: every file the state directory holds
-RUN_FILES = ("run.json", "features.jsonl", "shards.json")
+RUN_FILES = ("run.json", "features.jsonl", "shards.json", "slices.jsonl", "asr.jsonl", "transcripts.json")
 #: what a run records about itself; all but "models" must match for a resume
 RUN_KEYS = ("family", "instruct", "speech_tokenizer")
 LEGACY_RUN = {"family": "cosyvoice2", "instruct": None, "speech_tokenizer": ""}
