@@ -108,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--threads must be at least 1", hint="leave it out for torch's default")
     source = (ModelSource.serve_dir(args.model_dir) if args.model_dir is not None
               else ModelSource.pretrained(args.pretrained, llm=args.llm, flow=args.flow))
-    fam = source_mod.check(source)
+    source_mod.check(source)
+    for name, path in source.adapters.items():
+        if not path.exists():
+            raise UsageError(f"--{name} {path} does not exist",
+                             hint=f"pass the {name} training run (its --model_dir) or one epoch_N_whole.pt in it")
     model_dir = Path(source.model_dir)
     voice = _voice(args, model_dir, ZeroShot, Speaker, voices)
     jobs = _jobs(args)

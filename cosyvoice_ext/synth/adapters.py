@@ -44,7 +44,7 @@ def choose(path: Path, model: str, progress: Progress) -> Path:
     """The checkpoint file RUN_OR_CKPT names for `model`."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"--{model}-adapter {path} does not exist",
+        raise UsageError(f"--{model} {path} does not exist",
                          hint="pass the training --model_dir, or one epoch_N_whole.pt in it")
     if path.is_dir():
         if (path / DEEPSPEED_STATES).is_file():
@@ -95,7 +95,7 @@ def apply(module, loaded: Loaded) -> None:
         if missing or unexpected:
             raise CheckpointError(f"{loaded.path} is neither a cosyext adapter nor a full {loaded.model} checkpoint "
                                   f"of this model ({len(missing)} missing, {len(unexpected)} unexpected keys)",
-                                  hint=f"pass an adapter checkpoint or the training run dir as --{loaded.model}-adapter")
+                                  hint=f"pass an adapter checkpoint or the training run dir as --{loaded.model}")
         module.load_state_dict(loaded.state, strict=True)
         return
     from ..lora.inject import inject, load_exact, lora_state, module_tensors
