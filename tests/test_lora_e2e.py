@@ -30,6 +30,8 @@ cosyext:
     alpha: 16
     dropout: 0.0
 """
+#: merged vs unmerged audio (same seed), as tests/test_synth.py states it
+MERGE_TOLERANCE = 1e-5
 LOSS_LINE = re.compile(r" INFO TRAIN Batch (\d+)/(\d+) loss (\d+\.\d+)")
 
 @pytest.fixture(scope="module")
@@ -184,50 +186,84 @@ def test_multi_node_rendezvous_on_loopback(ws, upstream_tree, tmp_path):
 
 
 def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_tree, runs, tmp_path):
-    """--serve: pretrained files linked untouched, merged llm.pt/flow.pt, the speaker in spk2info.pt."""
+    """--serve: pretrained files linked untouched, merged llm.pt/flow.pt, the speaker in spk2info.pt; then
+    upstream's real CosyVoice2 from this tree (44316c34: the prompt is a 16 kHz tensor) loads the exported dir
+    through `cosyext synth` and speaks as the registered speaker and zero-shot, and the same llm+flow adapters
+    applied in memory to the pretrained dir give the merged dir's audio for the same seed."""
     import json
     import shutil
 
     import numpy as np
     import pyarrow.parquet as pq
+    import soundfile
 
     from cosyvoice_ext.cli import main
-    from cosyvoice_ext.tiny.standin import make_pretrained_standin
+    from cosyvoice_ext.tiny.inference import DEFAULT_SPEAKER, make_inference_dir
     from cosyvoice_ext.tiny.workspace import upstream_on_path
     from tests.helpers import tree_digest
+    from tests.synth_probe import cli, run_probe
 
+    # a complete model dir (real HiFT, stand-in ONNX models) whose llm.pt/flow.pt are the runs' base checkpoints
     pre = tmp_path / "CosyVoice2-0.5B"
-    make_pretrained_standin(pre)
-    shutil.copy(ws.config, pre / "cosyvoice2.yaml")
-    shutil.copytree(ws.qwen_dir, pre / "CosyVoice-BlankEN")
+    with upstream_on_path(upstream_tree):
+        make_inference_dir(pre, family="cosyvoice2", upstream=upstream_tree)
+    assert tree_digest(pre / "CosyVoice-BlankEN") == tree_digest(ws.qwen_dir)
     shutil.copy(ws.llm_ckpt, pre / "llm.pt")
     shutil.copy(ws.flow_ckpt, pre / "flow.pt")
-    torch.save({"w": torch.zeros(3)}, pre / "hift.pt")
-    torch.save({"stock_voice": {"embedding": torch.ones(1, 192)}}, pre / "spk2info.pt")
     before = tree_digest(pre)
     out = tmp_path / "serve" / "my_voice"
-    for name in ("llm", "flow"):
-        assert main(["export", "--model", name, "--run", str(runs(name)[0]), "--config", str(ws.config),
+    (llm_run, _), (flow_run, _) = runs("llm"), runs("flow")
+    for name, run in (("llm", llm_run), ("flow", flow_run)):
+        assert main(["export", "--model", name, "--run", str(run), "--config", str(ws.config),
                      "--qwen-pretrain-path", str(ws.qwen_dir), "--upstream", str(upstream_tree),
                      "--serve", str(pre), "--speaker-data", str(ws.train_list), "--speaker-name", "my_voice",
                      "--description", "tiny test voice", "-o", str(out)]) == 0
     assert tree_digest(pre) == before, "the pretrained directory must never be modified"
     for linked in ("hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx", "CosyVoice-BlankEN", "cosyvoice2.yaml"):
         assert (out / linked).is_symlink() and (out / linked).resolve() == (pre / linked).resolve()
-    # what CosyVoice2(model_dir) does: build from model_dir's yaml with its Qwen dir, load llm/flow strictly
-    from hyperpyyaml import load_hyperpyyaml
-
-    with upstream_on_path(upstream_tree), open(out / "cosyvoice2.yaml") as f:
-        configs = load_hyperpyyaml(f, overrides={"qwen_pretrain_path": str(out / "CosyVoice-BlankEN")})
     for name in ("llm", "flow"):
         assert not (out / f"{name}.pt").is_symlink()
-        configs[name].load_state_dict(torch.load(out / f"{name}.pt", weights_only=True), strict=True)
     spk2info = torch.load(out / "spk2info.pt", weights_only=True)
-    assert set(spk2info) == {"stock_voice", "my_voice"}
+    assert set(spk2info) == {DEFAULT_SPEAKER, "my_voice"}
     table = pq.read_table(ws.train_list.read_text().split()[0], columns=["spk_embedding"])
     want = np.asarray(table.column("spk_embedding").to_pylist(), dtype=np.float32).mean(axis=0)
     assert spk2info["my_voice"]["embedding"].shape == (1, 192)
     assert np.allclose(spk2info["my_voice"]["embedding"][0].numpy(), want, atol=1e-6)
-    entry = json.loads((out / "speaker_config.json").read_text())["speakers"]
-    assert [e["name"] for e in entry] == ["my_voice"] and entry[0]["description"] == "tiny test voice"
-    assert Path(entry[0]["llm"]) == (out / "llm.pt").resolve() and Path(entry[0]["flow"]) == (out / "flow.pt").resolve()
+    speakers = json.loads((out / "speaker_config.json").read_text())["speakers"]
+    entries = speakers if isinstance(speakers, dict) else {e["name"]: e for e in speakers}
+    assert list(entries) == ["my_voice"] and entries["my_voice"]["description"] == "tiny test voice"
+
+    # the real class: upstream's CosyVoice2 from this tree loads `out` (no emulation)
+    wavs, up = tmp_path / "wavs", ["--upstream", upstream_tree]
+    wavs.mkdir()
+    text = ["--text", "hello world", "--seed", "0"]
+    result = run_probe({"tree": str(upstream_tree), "actions": [
+        {"do": "prompt", "dest": str(tmp_path / "prompt.wav"), "seconds": 1.0},
+        cli("registered", "synth", "--model-dir", out, "--speaker", "my_voice", *text, "-o", wavs / "registered.wav", *up),
+        cli("zero_shot", "synth", "--model-dir", out, "--prompt-wav", tmp_path / "prompt.wav", "--prompt-text",
+            "希望你以后", *text, "-o", wavs / "zero_shot.wav", *up),
+        # float wavs: the comparison sees the model's samples, not their 16-bit rounding
+        cli("merged", "synth", "--model-dir", out, "--speaker", DEFAULT_SPEAKER, *text, "-o", wavs / "merged.wav",
+            "--format", "float", *up),
+        cli("unmerged", "synth", "--pretrained", pre, "--llm", llm_run, "--flow", flow_run, "--speaker",
+            DEFAULT_SPEAKER, *text, "-o", wavs / "unmerged.wav", "--format", "float", *up),
+        cli("base", "synth", "--pretrained", pre, "--speaker", DEFAULT_SPEAKER, *text, "-o", wavs / "base.wav",
+            "--format", "float", *up),
+    ]}, tmp_path)
+    audio = {}
+    for step, got in result["steps"].items():
+        assert got["rc"] == 0, f"{step}: exit {got['rc']}\n{got['stderr'][-3000:]}"
+        audio[step], sr = soundfile.read(str(wavs / f"{step}.wav"), dtype="float32")
+        assert sr == 24000 and len(audio[step]) > 0 and np.isfinite(audio[step]).all()
+    assert f"CosyVoice2('{out.resolve()}') from upstream" in result["steps"]["registered"]["stderr"]
+    assert "registered speaker 'my_voice'" in result["steps"]["registered"]["stderr"]
+    assert result["connects"] == [] and result["downloads"] == []
+    assert tree_digest(pre) == before, "synthesis must never write into the model dir"
+    merged, unmerged, base = audio["merged"], audio["unmerged"], audio["base"]
+    assert len(merged) == len(unmerged)
+    diff = float(np.abs(merged - unmerged).max())
+    n = min(len(base), len(unmerged))
+    print(f"\nCosyVoice2 llm+flow LoRA at 44316c34: merged vs unmerged max |diff| {diff:.3g}; base {len(base)} vs "
+          f"adapted {len(unmerged)} samples")
+    assert diff <= MERGE_TOLERANCE
+    assert len(base) != len(unmerged) or float(np.abs(base[:n] - unmerged[:n]).max()) > 10 * MERGE_TOLERANCE
