@@ -154,7 +154,8 @@ def start_training(tree: Path, action: dict):
     root.mkdir(parents=True, exist_ok=True)
     config = root / "train.yaml"
     config.write_text(render_inference_config(pre / "CosyVoice-BlankEN", family=fam, api=detect_api(tree),
-                                              extra=action["extra"], max_epoch=1, lr=action.get("lr", 0.01), max_frames_in_batch=400))
+                                              extra=action["extra"], max_epoch=1, lr=action.get("lr", 0.01),
+                                              max_frames_in_batch=400))
     train_list, cv_list = write_train_cv(root / "data", 4, 2, seed=0, family=fam)
     ws = Workspace(root=root, qwen_dir=pre / "CosyVoice-BlankEN", config=config, train_list=train_list,
                    cv_list=cv_list, llm_ckpt=pre / "llm.pt", flow_ckpt=pre / "flow.pt", family=fam.name)

@@ -239,7 +239,8 @@ def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_t
     text = ["--text", "hello world", "--seed", "0"]
     result = run_probe({"tree": str(upstream_tree), "actions": [
         {"do": "prompt", "dest": str(tmp_path / "prompt.wav"), "seconds": 1.0},
-        cli("registered", "synth", "--model-dir", out, "--speaker", "my_voice", *text, "-o", wavs / "registered.wav", *up),
+        cli("registered", "synth", "--model-dir", out, "--speaker", "my_voice", *text, "-o", wavs / "registered.wav",
+            *up),
         cli("zero_shot", "synth", "--model-dir", out, "--prompt-wav", tmp_path / "prompt.wav", "--prompt-text",
             "希望你以后", *text, "-o", wavs / "zero_shot.wav", *up),
         # float wavs: the comparison sees the model's samples, not their 16-bit rounding

@@ -236,9 +236,10 @@ def _check_outputs(args: argparse.Namespace, jobs: list[Job], source, voice) -> 
     for what, path, tree in guarded:
         real = path.expanduser().resolve()
         for target in targets:
-            if (safe_paths.at_or_inside(target, real) if tree else target == real) or safe_paths.same_file(target, real):
+            hit = safe_paths.at_or_inside(target, real) if tree else target == real
+            if hit or safe_paths.same_file(target, real):
                 raise UsageError(f"-o {args.output} would write {'into' if tree else 'over'} {what} {path}",
-                                 hint="write the wavs somewhere else, e.g. -o out/ (synth never writes into its inputs)")
+                                 hint="write the wavs somewhere else, e.g. -o out/ (synth never writes into inputs)")
     if args.text is not None and out.parent != out and not out.parent.is_dir():
         raise UsageError(f"the directory of -o {args.output} does not exist", hint=f"mkdir -p {out.parent}")
     if not args.force:
