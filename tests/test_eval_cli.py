@@ -151,3 +151,52 @@ def test_eval_needs_something_to_evaluate(setup_dir, tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path), "--synth-dir", str(root / "syn"), "--base", str(pre), "--data", str(data)]) == 2
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+class _Recorder:
+    """A system as eval drives it: loaded once before its first utterance, closed after its last."""
+
+    def __init__(self, name, calls, gain):
+        self.name, self.calls, self.gain = name, calls, gain
+        self.info = {"kind": name}
+
+    def load(self):
+        self.calls.append(("load", self.name))
+
+    def close(self):
+        self.calls.append(("close", self.name))
+
+    def __call__(self, u, seed, prompt):
+        self.calls.append(("say", self.name, u.utt, seed, prompt.utt, prompt.wav.is_file()))
+        noise = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
+        return Clip(self.gain * noise + u.clip.at(16000)[:16000].mean(), 16000)
+
+
+def test_synthesis_runs_one_system_at_a_time_with_the_same_texts_seeds_and_prompt(setup_dir, tmp_path):
+    from cosyvoice_ext.eval.run import Options, evaluate
+
+    root, data, pre, asr = setup_dir
+    calls = []
+    systems = {"base": _Recorder("base", calls, 1.0), "tuned": _Recorder("tuned", calls, 0.5)}
+    out = tmp_path / "out"
+    result = evaluate(Options(data=data, out=out, pretrained=pre, seed=7, max_utts=3, metrics=["sim_campplus"],
+                              resamples=200), systems)
+    prompt = result["prompt"]["utt"]
+    said = [c for c in calls if c[0] == "say"]
+    utts = [u["utt"] for u in result["utterances"]]
+    assert [c[0] for c in calls] == ["load"] + ["say"] * 3 + ["close", "load"] + ["say"] * 3 + ["close"]
+    assert [c[1:4] for c in said] == [(s, u, 7 + i) for s in ("base", "tuned") for i, u in enumerate(utts)]
+    assert all(c[4] == prompt and c[5] for c in said) and prompt not in utts
+    assert (out / "wavs" / "prompt" / wav_name(prompt)).is_file()
+    for u in result["utterances"]:
+        assert u["base"]["seed"] == u["tuned"]["seed"] == u["seed"]
+        assert Clip.load(u["tuned"]["wav"]).sample_rate == 16000
+    assert result["systems"]["tuned"]["kind"] == "tuned" and result["systems"]["base"]["audio_seconds"] == 3.0
+
+
+def test_synthesis_needs_a_complete_pretrained_dir_as_base(setup_dir, tmp_path, capsys):
+    root, data, pre, asr = setup_dir  # pre: campplus and a tokenizer only, no model
+    assert cli.main(["eval", str(root), "--base", str(pre), "--data", str(data), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--base" in err and "is not a CosyVoice2 or CosyVoice3 model dir" in err and "next:" in err, err
+    assert not (tmp_path / "out").exists()

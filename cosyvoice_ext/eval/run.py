@@ -9,6 +9,7 @@ not after an hour of synthesis. Both systems speak the same texts with the same 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,14 +22,17 @@ from .bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from .data import EvalSet, Utterance, choose, read_list
 from .metric import Context, Sample, collect, select
 from .score import SYSTEMS, SYSTEM_LABELS, Progress, setup, score_all, summarise
+from .synthesis import Prompt
 
 FORMAT_VERSION = 1
 RESULT_FILES = ("eval.json", "eval.txt", "eval.png")
 WAVS = "wavs"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
-#: (utterance, seed) -> audio; one per system
-Synthesise = Callable[[Utterance, int], Clip]
+#: (utterance, seed, zero-shot prompt) -> audio; one per system. It may also have ``load()`` (called
+#: before its first utterance), ``close()`` (after its last) and an ``info`` dict (kept in eval.json).
+Synthesise = Callable[[Utterance, int, "Prompt | None"], Clip]
+PROMPT_DIR = "prompt"
 
 
 def wav_name(utt: str) -> str:
@@ -115,16 +119,13 @@ def evaluate(opts: Options, synthesizers: dict[str, Synthesise] | None = None,
     seeds = {u.utt: opts.seed + i for i, u in enumerate(items)}
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
+    synthesis: dict[str, dict] = {}
+    prompt = None
     if synthesizers is not None:
+        prompt = _write_prompt(out / WAVS / PROMPT_DIR, evalset.prompt)
         for system in SYSTEMS:
-            folder = out / WAVS / system
-            folder.mkdir(parents=True, exist_ok=True)
-            clips[system] = {}
-            for i, u in enumerate(items, 1):
-                clip = synthesizers[system](u, seeds[u.utt])
-                write_wav(folder / wav_name(u.utt), clip)
-                clips[system][u.utt] = clip
-                progress(f"synthesised {SYSTEM_LABELS[system]} {i}/{len(items)}: {u.utt} ({clip.seconds:.1f} s)")
+            clips[system], synthesis[system] = _synthesise(synthesizers[system], system, items, seeds, prompt,
+                                                           out / WAVS / system, progress)
 
     samples = [Sample(u.utt, u.text, u.lang, system, clips[system][u.utt])
                for system in SYSTEMS for u in items if u.utt in clips[system]]
@@ -134,8 +135,9 @@ def evaluate(opts: Options, synthesizers: dict[str, Synthesise] | None = None,
         "cosyext_eval": FORMAT_VERSION,
         "data": str(opts.data),
         "speaker": evalset.speaker,
-        "prompt": {"utt": evalset.prompt.utt, "text": evalset.prompt.text} if evalset.prompt else None,
-        "systems": {s: opts.describe.get(s, {}) for s in SYSTEMS},
+        "prompt": {"utt": evalset.prompt.utt, "text": evalset.prompt.text,
+                   "wav": str(prompt.wav) if prompt else None} if evalset.prompt else None,
+        "systems": {s: {**opts.describe.get(s, {}), **synthesis.get(s, {})} for s in SYSTEMS},
         "systems_order": list(SYSTEMS),
         "synth_dir": str(opts.synth_dir) if opts.synth_dir else None,
         "asr": opts.asr,
@@ -152,11 +154,51 @@ def evaluate(opts: Options, synthesizers: dict[str, Synthesise] | None = None,
     return result
 
 
+def _write_prompt(folder: Path, prompt: Utterance | None) -> Prompt | None:
+    """The prompt's recording as a file (upstream's front end reads the voice from a path)."""
+    if prompt is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / wav_name(prompt.utt)
+    write_wav(path, prompt.clip)
+    return Prompt(path, prompt.text, prompt.utt)
+
+
+def _synthesise(synth: Synthesise, system: str, items: list[Utterance], seeds: dict[str, int], prompt: Prompt | None,
+                folder: Path, progress: Progress) -> tuple[dict[str, Clip], dict]:
+    """One system says every text (its model loaded once, released afterwards); wavs go to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    label = SYSTEM_LABELS[system]
+    load, close = getattr(synth, "load", None), getattr(synth, "close", None)
+    clips: dict[str, Clip] = {}
+    t0 = time.perf_counter()
+    try:
+        if load is not None:
+            load()
+        t1 = time.perf_counter()
+        for i, u in enumerate(items, 1):
+            t = time.perf_counter()
+            clip = synth(u, seeds[u.utt], prompt)
+            write_wav(folder / wav_name(u.utt), clip)
+            clips[u.utt] = clip
+            took = time.perf_counter() - t
+            progress(f"synthesised {label} {i}/{len(items)}: {u.utt} ({clip.seconds:.1f} s of audio in {took:.1f} s)")
+    finally:
+        if close is not None:
+            close()
+    audio = sum(c.seconds for c in clips.values())
+    spent = time.perf_counter() - t1
+    info = {"load_seconds": round(t1 - t0, 3), "synth_seconds": round(spent, 3), "audio_seconds": round(audio, 3),
+            "rtf": round(spent / audio, 4) if audio else None,
+            "sample_rate": next(iter(clips.values())).sample_rate if clips else None}
+    return clips, {**dict(getattr(synth, "info", None) or {}), **info}
+
+
 def _utterance(u: Utterance, seed: int | None, clips: dict[str, dict[str, Clip]], runs, wavs: Path) -> dict:
     row: dict = {"utt": u.utt, "text": u.text, "lang": u.lang, "seed": seed}
     for system in SYSTEMS:
         clip = clips.get(system, {}).get(u.utt)
-        entry: dict = {"wav": str(wavs / system / wav_name(u.utt)) if clip else None,
+        entry: dict = {"wav": str(wavs / system / wav_name(u.utt)) if clip else None, "seed": seed if clip else None,
                        "seconds": round(clip.seconds, 3) if clip else None, "scores": {}, "details": {}, "skipped": {}}
         if clip is None:
             entry["missing"] = True
