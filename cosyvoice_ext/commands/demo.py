@@ -1,9 +1,13 @@
 """`cosyext demo`: the whole workflow on an embedded tiny default, on CPU, in a few minutes.
 
 vendor upstream (the newest supported commit, offline from the upstream mirror when there is one)
--> apply its patch series -> generate tiny recordings (wav + txt) and a tiny Qwen2 -> `cosyext
-prepare` (stand-in ONNX feature models) -> `cosyext lint` with the data -> train LLM and flow LoRA
-with the stock train.py under torchrun -> `cosyext plot` -> `cosyext export --serve` -> a summary.
+-> apply its patch series -> generate tiny recordings (wav + txt) and a complete tiny pretrained
+model dir (random weights, a tiny Qwen2, stand-in ONNX feature models; upstream's inference class
+loads it) -> `cosyext prepare` -> `cosyext lint` with the data -> train LLM and flow LoRA with the
+stock train.py under torchrun -> `cosyext plot` -> `cosyext export --serve` -> `cosyext eval` of the
+trained adapters against the base on the CV utterances (a tiny random Whisper for WER) -> a summary
+with the eval table and a few synthesised wavs. The models are random and tiny: the audio is noise
+and the numbers say nothing about quality, but every step is the real one.
 CosyVoice3 by default; `--family cosyvoice2` for CosyVoice2.
 """
 
@@ -24,7 +28,12 @@ cosyext:
   early_stop: {patience: 3, min_delta: 0.0}
 """
 #: what the demo makes in its work dir; a rerun replaces these and nothing else
-MADE = ("recordings", "pretrained", "data", "exp", "serve", "ext.yaml", "loss.png", "train_llm.log", "train_flow.log")
+MADE = ("recordings", "pretrained", "data", "exp", "serve", "ext.yaml", "loss.png", "train_llm.log", "train_flow.log",
+        "asr", "eval")
+#: utterances the closing eval synthesises per system (a random tiny LLM says ~0.8 s per syllable)
+EVAL_UTTS = 3
+#: synthesised wavs the summary lists
+SHOW_WAVS = 2
 MARKER = ".cosyext-demo"
 
 
@@ -42,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="llm,flow", help="comma-separated: llm, flow")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--utterances", type=int, default=40, help="tiny recordings to generate")
+    p.add_argument("--eval-utts", type=int, default=EVAL_UTTS, metavar="N",
+                   help=f"CV utterances the closing 'cosyext eval' synthesises per system (default {EVAL_UTTS}; 0 skips "
+                   "the eval)")
     p.set_defaults(func=run)
 
 
@@ -71,6 +83,48 @@ def _train(cmd: list[str], env: dict, log_path: Path) -> tuple[int, list[float],
     return proc.returncode, losses, max(per_epoch.values()) if per_epoch else 0
 
 
+def _eval(work: Path, models: list[str], pretrained: Path, cv_list: Path, upstream: Path,
+          n_utts: int) -> tuple[Path, str, dict, float]:
+    """`cosyext eval` of the trained runs (adapters in memory) vs the base on the CV utterances; a tiny random
+    Whisper stands in for the ASR model a user names (large-v3), so WER runs offline. Returns what the
+    summary shows: the eval dir, its table, eval.json and the seconds it took."""
+    import contextlib
+    import io
+    import json
+
+    from ..errors import EnvironmentProblem
+    from ..eval.tiny import make_whisper_checkpoint
+
+    start = time.monotonic()
+    asr = make_whisper_checkpoint(work / "asr" / "whisper-tiny.pt")
+    out = work / "eval"
+    _step(f"cosyext eval {' '.join(f'exp/{m}' for m in models)} --base {pretrained} --data {cv_list} --upstream "
+          f"{upstream} --asr {asr.relative_to(work)} --max-utts {n_utts} -o {out}")
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):  # the table goes into the closing summary; progress stays on stderr
+        rc = _cli("eval", *(str(work / "exp" / m) for m in models), "--base", str(pretrained), "--data", str(cv_list),
+                  "--upstream", str(upstream), "--asr", str(asr), "--max-utts", str(n_utts), "-o", str(out))
+    if rc != 0:
+        print(captured.getvalue(), end="")
+        raise EnvironmentProblem(f"cosyext eval failed (exit {rc})", hint="rerun with cosyext -v demo for details")
+    result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    return out, (out / "eval.txt").read_text(encoding="utf-8"), result, time.monotonic() - start
+
+
+def _eval_summary(out: Path, table: str, result: dict, seconds: float) -> None:
+    utts = result["utterances"]
+    rate = result["systems"]["tuned"].get("sample_rate")
+    print(f"\neval: base vs fine-tuned, {len(utts)} CV utterances, same texts and seeds ({seconds:.0f} s; random tiny "
+          "models speak noise, so the numbers show the pipeline, not quality)")
+    print(table, end="")
+    print(f"synthesised wavs ({rate} Hz; all in {out / 'wavs'}):")
+    for u in utts[:SHOW_WAVS]:
+        for system, label in (("base", "base"), ("tuned", "fine-tuned")):
+            if u[system]["wav"]:
+                print(f"  {label:10} {u[system]['wav']}  ({u[system]['seconds']:.1f} s, seed {u['seed']}: {u['text']!r})")
+    print(f"eval table, JSON and plot: {out / 'eval.txt'}, {out / 'eval.json'}, {out / 'eval.png'}")
+
+
 def _claim_workdir(work: Path) -> None:
     """Use `work` only if it is new, empty, or an earlier demo's; then clear what an earlier demo made.
 
@@ -97,10 +151,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import family as families
     from ..errors import EnvironmentProblem, UsageError
     from ..prepare.pipeline import PrepareOptions, prepare
-    from ..tiny.standin import make_pretrained_standin
-    from ..tiny.config import make_base_checkpoint, write_tiny_config
+    from ..tiny.config import write_tiny_config
     from ..tiny.data import write_recordings
-    from ..tiny.qwen import make_tiny_qwen
+    from ..tiny.inference import make_inference_dir
     from ..tiny.api import train_py_has_onnx_path
     from ..tiny.workspace import Workspace, train_command, train_env, upstream_on_path
     from ..upstream import lockfile, mirror, patching, sources
@@ -110,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - {"llm", "flow"}:
         raise UsageError(f"--models takes llm and/or flow, got {args.models!r}", hint="cosyext demo --models llm,flow")
+    if args.eval_utts < 0:
+        raise UsageError(f"--eval-utts takes 0 (no eval) or more, got {args.eval_utts}", hint="cosyext demo --eval-utts 3")
     fam = families.get(args.family)
     work = args.workdir.expanduser().resolve()
     t0 = time.monotonic()
@@ -132,14 +187,17 @@ def run(args: argparse.Namespace) -> int:
     _step(f"cosyext apply-patches --upstream {upstream}")
     print(patching.apply_series(upstream, lock).message)
 
-    _step(f"generate {args.utterances} tiny recordings (wav + txt), a tiny Qwen2 and stand-in {fam.name} files")
+    _step(f"generate {args.utterances} tiny recordings (wav + txt) and a tiny pretrained {fam.inference_class} dir")
     recordings = write_recordings(work / "recordings", args.utterances, seed=0)
     pretrained = work / "pretrained"
-    qwen = make_tiny_qwen(pretrained / "CosyVoice-BlankEN", family=fam)
+    with upstream_on_path(upstream):  # built here, so the eval at the end reuses this process's import of upstream
+        made = make_inference_dir(pretrained, family=fam, upstream=upstream, speakers=())
+    qwen = made.qwen_dir
+    # the training config: the pretrained dir's models (same template and Qwen) without the vocoder, plus LoRA
     config = write_tiny_config(work / "ext.yaml", qwen, family=fam, upstream=upstream, max_epoch=args.epochs, lr=0.01,
                                max_frames_in_batch=600, extra=LORA_SECTION)
-    make_pretrained_standin(pretrained, family=fam, config_text=config.read_text(encoding="utf-8"))
-    print(f"recordings in {recordings}; pretrained stand-in ({fam.config_name}) in {pretrained}")
+    print(f"recordings in {recordings}; pretrained {fam.inference_class} dir (random weights: llm, flow, hift, "
+          f"{fam.config_name}, tiny Qwen2, stand-in ONNX models) in {pretrained}")
 
     _step(f"cosyext prepare {recordings} {work / 'data'} --pretrained {pretrained}")
     prep = prepare(PrepareOptions(src=recordings, dest=work / "data", pretrained=pretrained, cv_ratio=0.2,
@@ -154,11 +212,7 @@ def run(args: argparse.Namespace) -> int:
         _cli("lint", str(config), "--data", str(prep.train_list), "--model", model, "--upstream", str(upstream),
              *onnx, "--exit-zero")
 
-    with upstream_on_path(upstream):
-        base = {m: make_base_checkpoint(config, m, pretrained / f"{m}.pt") for m in ("llm", "flow")}
-    import torch
-
-    torch.save({}, pretrained / "hift.pt")  # the vocoder is not trained here; a placeholder keeps the dir complete
+    base = {m: pretrained / f"{m}.pt" for m in ("llm", "flow")}  # fine-tune the pretrained dir's own weights
     ws = Workspace(root=work, qwen_dir=qwen, config=config, train_list=prep.train_list, cv_list=prep.cv_list,
                    llm_ckpt=base["llm"], flow_ckpt=base["flow"], family=fam.name)
 
@@ -194,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         if rc != 0:
             raise EnvironmentProblem(f"export of {model} failed", hint="rerun with cosyext -v demo for details")
 
+    evaluated = _eval(work, models, pretrained, prep.cv_list, upstream, args.eval_utts) if args.eval_utts else None
+
     print(f"\n{fam.name} at upstream {commit.label}")
     print(f"{'model':6} {'samples':>7} {'batches/ep':>10} {'steps':>5} {'first loss':>10} {'last loss':>10} "
           f"{'adapter':>10} {'base ckpt':>10} {'train s':>7}")
@@ -205,5 +261,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nexported (merged, stock-loadable): {serve_dir}: {', '.join(exported)} (+ pretrained files linked)")
     print(f"serve it with upstream: {fam.inference_class}('{serve_dir}')")
     print(f"loss plot: {plot}")
+    if evaluated is not None:
+        _eval_summary(*evaluated)
     print(f"total {time.monotonic() - t0:.0f} s; everything is under {work}")
     return 0
