@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,14 +17,21 @@ from .errors import ConfigError, UsageError
 
 KEY = "early_stop"
 BEST_FILE = "best.yaml"
-HINT = "e.g. early_stop: {patience: 5, min_delta: 0.001, metric: loss} (docs/plugins.md)"
+HINT = ("e.g. early_stop: {patience: 5, min_delta: 0.001, metric: loss} or metric: samples/sim_campplus "
+        "(docs/plugins.md, docs/samples.md)")
+#: early stopping on a sample metric (`cosyext: samples:`, docs/samples.md) rather than a CV loss
+SAMPLE_PREFIX = "samples/"
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 @dataclass(frozen=True)
 class Settings:
     patience: int
     min_delta: float = 0.0
+    #: a key of upstream's CV loss_dict (`loss`), or a sample metric (`samples/sim_campplus`)
     metric: str = "loss"
+    #: CV losses fall; a sample metric's direction comes from the metric (resolved at training start)
+    higher_is_better: bool = False
 
 
 def parse_settings(configs: Mapping[str, Any]) -> Settings | None:
@@ -49,8 +57,35 @@ def parse_value(raw: Any) -> Settings | None:
         raise ConfigError(f"must be a number >= 0, got {min_delta!r}", key=f"{where}.min_delta", hint=HINT)
     metric = raw.get("metric", "loss")
     if not isinstance(metric, str) or not metric:
-        raise ConfigError("must be the name of a CV loss, e.g. loss", key=f"{where}.metric", hint=HINT)
+        raise ConfigError("must be the name of a CV loss (loss) or of a sample metric (samples/sim_campplus)",
+                          key=f"{where}.metric", hint=HINT)
+    if metric.startswith(SAMPLE_PREFIX) and not _METRIC_NAME.match(metric[len(SAMPLE_PREFIX):]):
+        raise ConfigError(f"{metric!r} is not a sample metric like samples/sim_campplus", key=f"{where}.metric",
+                          hint=HINT)
     return Settings(patience, float(min_delta), metric)
+
+
+def resolve(settings: Settings, configs: Mapping[str, Any]) -> Settings:
+    """At training start: a sample metric must be one the `samples:` section records; its direction is the
+    metric's own (`higher_is_better` of the eval metric). A CV loss is lower-is-better."""
+    if not settings.metric.startswith(SAMPLE_PREFIX):
+        return settings
+    from .samples.config import parse_settings as samples_settings
+
+    name = settings.metric[len(SAMPLE_PREFIX):]
+    samples = samples_settings(configs)
+    if samples is None or name not in samples.metrics:
+        have = ", ".join(samples.metric_names()) if samples else "none: there is no samples: section"
+        raise ConfigError(f"{settings.metric} is not recorded by this run (sample metrics: {have})",
+                          key=f"cosyext.{KEY}.metric",
+                          hint=f"add {name} to cosyext: samples: metrics: (docs/samples.md), or use metric: loss")
+    from .eval.metric import collect
+
+    found = collect()
+    if name not in found:
+        raise ConfigError(f"no eval metric named {name} (metrics: {', '.join(found)})", key=f"cosyext.{KEY}.metric",
+                          hint="cosyext eval --list-metrics")
+    return replace(settings, higher_is_better=bool(found[name].metric.higher_is_better))
 
 
 class EarlyStopper:
@@ -61,12 +96,24 @@ class EarlyStopper:
         self.best: dict | None = None
         self.since_best = 0
 
+    def better(self, value: float) -> bool:
+        """Whether `value` beats the best by more than min_delta, in the metric's direction."""
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.settings.higher_is_better:
+            return value > self.best["value"] + self.settings.min_delta
+        return value < self.best["value"] - self.settings.min_delta
+
     def update(self, value: float, checkpoint: str, epoch: int, step: int) -> tuple[bool, bool]:
         """Record one evaluation; return (improved, should_stop)."""
-        improved = not math.isnan(value) and (self.best is None or value < self.best["value"] - self.settings.min_delta)
+        improved = self.better(value)
         if improved:
             self.best = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "step": step,
                          "metric": self.settings.metric, "value": value}
+            if self.settings.higher_is_better:
+                self.best["higher_is_better"] = True
             self.since_best = 0
         else:
             self.since_best += 1

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("memory", "cosyvoice_ext.builtin.memory"),
     ("lint_rules", "cosyvoice_ext.lint.plugin"),
     ("metrics", "cosyvoice_ext.builtin.metrics"),
+    ("samples", "cosyvoice_ext.builtin.samples"),
 )
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HINT = "fix or uninstall that plugin ('cosyext plugins' lists them), or set {env}=1 to skip third-party plugins"

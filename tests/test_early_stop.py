@@ -46,6 +46,58 @@ def test_best_pointer_roundtrip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_stopper_on_a_metric_where_higher_is_better():
+    s = EarlyStopper(Settings(patience=2, min_delta=0.01, metric="samples/sim_campplus", higher_is_better=True))
+    assert s.update(0.50, "epoch_0_whole", 0, 10) == (True, False)
+    assert s.update(0.505, "epoch_1_whole", 1, 20) == (False, False)  # not higher by more than min_delta
+    assert s.update(0.60, "epoch_2_whole", 2, 30) == (True, False)
+    assert s.update(0.40, "epoch_3_whole", 3, 40) == (False, False)  # lower is worse here
+    assert s.update(math.nan, "epoch_4_whole", 4, 50) == (False, True)
+    assert s.best == {"checkpoint": "epoch_2_whole.pt", "epoch": 2, "step": 30, "metric": "samples/sim_campplus",
+                      "value": 0.60, "higher_is_better": True}
+
+
+@pytest.mark.parametrize("metric, samples, key_or_direction", [
+    ("samples/sim_campplus", {"pretrained": "p", "metrics": ["sim_campplus"]}, True),
+    ("samples/wer", {"pretrained": "p", "metrics": ["sim_campplus", "wer"], "asr": "tiny"}, False),
+    ("loss", None, False),
+    ("samples/sim_resemblyzer", {"pretrained": "p", "metrics": ["sim_campplus"]}, "cosyext.early_stop.metric"),
+    ("samples/sim_campplus", None, "cosyext.early_stop.metric"),
+])
+def test_sample_metric_direction_comes_from_the_metric(metric, samples, key_or_direction):
+    """At training start a sample metric must be one the samples: section records; its direction is the metric's."""
+    from cosyvoice_ext.early_stop import resolve
+
+    configs = {"cosyext": {"early_stop": {"patience": 2, "metric": metric},
+                           **({"samples": samples} if samples else {})}}
+    settings = parse_settings(configs)
+    if isinstance(key_or_direction, str):
+        with pytest.raises(ConfigError) as info:
+            resolve(settings, configs)
+        assert info.value.key == key_or_direction and metric in str(info.value)
+    else:
+        assert resolve(settings, configs).higher_is_better is key_or_direction
+
+
+def test_a_malformed_sample_metric_is_refused_by_the_parser():
+    with pytest.raises(ConfigError, match="cosyext.early_stop.metric"):
+        parse_settings({"cosyext": {"early_stop": {"patience": 2, "metric": "samples/SIM campplus"}}})
+
+
+def test_export_run_follows_a_best_pointer_chosen_by_a_sample_metric(tmp_path):
+    """`export --run` takes the checkpoint best.yaml names and says which metric chose it."""
+    from cosyvoice_ext.lora.export.runs import select
+
+    for epoch in range(3):
+        (tmp_path / f"epoch_{epoch}_whole.pt").write_bytes(b"x")
+    write_best(tmp_path, {"checkpoint": "epoch_1_whole.pt", "epoch": 1, "step": 9, "metric": "samples/sim_campplus",
+                          "value": 0.61, "higher_is_better": True})
+    said = []
+    chosen = select(tmp_path, None, 1, False, said.append)
+    assert [c.path.name for c in chosen] == ["epoch_1_whole.pt"]
+    assert "samples/sim_campplus 0.61, higher is better" in said[0]
+
+
 @pytest.mark.slow
 @pytest.mark.upstream
 def test_two_ranks_stop_together_and_exit_zero(upstream_tree, tmp_path):

@@ -1,5 +1,9 @@
 """Which checkpoints an export merges: one ``--checkpoint``, or epochs of a ``--run`` directory
 (the one ``best.yaml`` names, the latest, or the N best by CV loss as upstream's ``average_model.py``).
+
+``best.yaml`` (early stopping) names the best checkpoint by the metric early stopping watched: a CV
+loss, or a sample metric recorded during training (``samples/sim_campplus``, docs/samples.md); it
+records which, and export says so.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def select(run_dir: str | os.PathLike | None, checkpoint: str | os.PathLike | No
         return [Candidate(-1, path / DEEPSPEED_STATES if path.is_dir() else path, None)]
     chosen = best_pointer(run_dir) if average_n == 1 and not val_best else None
     if chosen:
-        progress(f"using the best checkpoint recorded by early stopping in {Path(run_dir) / BEST_FILE}")
+        progress(f"using {chosen[0].path.name}, the best checkpoint by {best_metric(run_dir)} recorded by early "
+                 f"stopping in {Path(run_dir) / BEST_FILE}")
         return chosen
     return choose(run_candidates(run_dir), average_n, val_best)
 
@@ -95,6 +100,18 @@ def best_pointer(run_dir: str | os.PathLike) -> list[Candidate] | None:
         raise UsageError(f"{Path(run_dir) / BEST_FILE} points at {path}, which does not exist",
                          hint="pass --checkpoint FILE, or --average 1 --val-best to choose by CV loss")
     return [Candidate(best.get("epoch", -1), path, best.get("value"))]
+
+
+def best_metric(run_dir: str | os.PathLike) -> str:
+    """What best.yaml chose by: 'CV loss 1.23', or a sample metric ('samples/sim_campplus 0.61, higher is better')."""
+    best = read_best(run_dir) or {}
+    metric = str(best.get("metric", "loss"))
+    value = best.get("value")
+    shown = f" {value:.6g}" if isinstance(value, float) else ""
+    if metric.startswith("samples/"):
+        direction = "higher" if best.get("higher_is_better") else "lower"
+        return f"{metric}{shown}, {direction} is better"
+    return f"CV {metric}{shown}"
 
 
 def cv_loss(yaml_path: Path) -> float | None:
