@@ -124,6 +124,21 @@ def main() -> None:
         probs = slicing.speech_probs(raw._to16k(audio))
         t["vad"] = time.perf_counter() - s
 
+        # the VAD model prepare uses (ONNX) against the package's JIT model, on the same 3 minutes, side by side
+        from silero_vad import load_silero_vad
+
+        clip16 = raw._to16k(audio[: 180 * raw.SEGMENT_RATE])
+        n_frames = len(clip16) // slicing.VAD_FRAME
+        frames = torch.from_numpy(clip16[: n_frames * slicing.VAD_FRAME].copy()).view(n_frames, slicing.VAD_FRAME)
+        vad_cmp = {}
+        for kind, model in (("onnx", slicing.load_vad()), ("jit", load_silero_vad(onnx=False))):
+            model.reset_states()
+            s = time.perf_counter()
+            with torch.inference_mode():
+                probs_k = np.array([float(model(frames[i:i + 1], slicing.VAD_RATE)) for i in range(n_frames)])
+            vad_cmp[kind] = (time.perf_counter() - s, probs_k)
+            model.reset_states()
+
         seg_dir = work / "segments"
         seg_dir.mkdir()
         s = time.perf_counter()
@@ -166,6 +181,9 @@ def main() -> None:
         print(f"{'total without ASR':28} {no_asr:8.2f} {audio_min / (no_asr / 60):21.0f} "
               f"{no_asr * 60 / audio_min / 60:16.2f} min")
         print(f"slowest stage without ASR: {slowest} ({100 * t[slowest] / no_asr:.0f}% of the time)")
+        (jit_s, jit_p), (onnx_s, onnx_p) = vad_cmp["jit"], vad_cmp["onnx"]
+        print(f"silero-vad on the same 3 min: ONNX {onnx_s:.2f} s, JIT {jit_s:.2f} s: ONNX {jit_s / onnx_s:.1f}x "
+              f"faster; probabilities differ by at most {np.abs(jit_p - onnx_p).max():.1e}")
         print(f"1 h of audio without ASR: {no_asr * 60 / audio_min / 60:.1f} min (target: under 10), extrapolated "
               f"linearly from {audio_min:.1f} min")
         if not args.skip_full:

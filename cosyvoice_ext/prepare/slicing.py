@@ -90,8 +90,8 @@ _VAD = None
 def load_vad():
     """silero-vad's ONNX model from the installed package (offline; no torch.hub), one onnxruntime thread.
 
-    ONNX rather than the package's JIT model: the same probabilities (within 2e-5, measured) at 2.7x the
-    speed on one CPU thread, and VAD is the slowest stage without ASR (benchmarks/bench_prepare.py)."""
+    ONNX rather than the package's JIT model: the same probabilities (within 5e-5) at about twice the speed
+    on one CPU thread (benchmarks/bench_prepare.py: 2.1x), and VAD is the slowest stage without ASR."""
     global _VAD
     if _VAD is None:
         try:
