@@ -112,7 +112,7 @@ def main() -> None:
                   f"{(r['overhead'] or float('nan')):9.1%} {sum(audio) / len(audio):17.2f}")
         print(f"whole run wall time: off {walls['off']:.1f} s, on {walls['on']:.1f} s "
               f"(ratio {walls['on'] / walls['off']:.2f})")
-        losses = {n: LOSS.findall(logs[n]) for n in logs}
+        losses = {n: sorted(LOSS.findall(logs[n])) for n in logs}  # the ranks' lines interleave differently
         n, differ = same_checkpoints(root / "exp_off", root / "exp_on")
         same = losses["on"] == losses["off"] and losses["on"] and not differ
         print(f"training unchanged by samples: {len(losses['on'])} TRAIN loss lines "
