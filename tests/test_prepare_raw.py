@@ -361,6 +361,9 @@ def test_a_users_edit_of_transcripts_tsv_wins(single, asr, pretrained, talk, tmp
     res = prepare(PrepareOptions(dest=dest, resume=True, **{**opts, "max_compression_ratio": 2.4}))
     assert sorted(_all_rows(res)) == [edited[0]]
     assert asr_mod.read(tsv_path)[edited[0]]["source"] == "edited"
+    # --force starts over: ASR texts again, edits gone
+    res = prepare(PrepareOptions(dest=dest, force=True, **opts))
+    assert res.edited == 0 and {r["source"] for r in asr_mod.read(tsv_path).values()} == {"asr"}
 
 
 @pytest.mark.slow
@@ -478,11 +481,17 @@ def test_interrupted_runs_resume_to_identical_bytes_and_write_only_in_dest(talk,
 def test_cli_runs_from_one_file_and_prints_what_it_did(talk, asr, tmp_path, capsys):
     from cosyvoice_ext.cli import main
 
-    assert main(["prepare", str(talk[0]), str(tmp_path / "out"), "--no-features", "--asr", str(asr), "--no-progress",
-                 "--min-asr-logprob=-1e9", "--max-no-speech", "1", "--max-compression-ratio", "1e9", "--gpu-memory", "24", "--no-report"]) == 0
+    m4a = tmp_path / "talk.m4a"  # AAC in MP4: what phones record; ffmpeg decodes it, libsndfile cannot
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(talk[0]), "-c:a", "aac", "-b:a", "96k", str(m4a)],
+                   check=True)
+    assert main(["prepare", str(m4a), str(tmp_path / "out"), "--no-features", "--asr", str(asr), "--no-progress",
+                 "--language", "en", "--min-asr-logprob=-1e9", "--max-no-speech", "1", "--max-compression-ratio", "1e9",
+                 "--no-report"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"segments: \d+ cut, \d+ kept; ASR: \d+ transcribed, 0 reused", out), out
     assert not (tmp_path / "out" / "report.html").exists()
+    tsv = asr_mod.read(tmp_path / "out" / "transcripts.tsv")
+    assert len(tsv) >= 3 and {r["language"] for r in tsv.values()} == {"en"}  # given, not detected
     assert main(["prepare", str(tmp_path / "nope.flac"), str(tmp_path / "o2"), "--asr", str(asr),
                  "--no-features"]) == 2
 

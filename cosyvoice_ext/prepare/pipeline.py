@@ -230,7 +230,7 @@ def _prepare(o: PrepareOptions, dest: Path, choice: Choice, extractor, utts: lis
     try:
         if recordings is not None:
             segments, raw_problems, counts = raw_mod.run(recordings, dest, state.dir, raw_options(o), _say, tqdm,
-                                                         _no_bar(o))
+                                                         _no_bar(o), use_tsv=not o.force)
             problems.extend(raw_problems)
             for s in segments:
                 if s.status == "kept":

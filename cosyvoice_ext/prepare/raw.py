@@ -85,18 +85,6 @@ class Segment:
         return round(self.end - self.start, 3)
 
 
-@dataclasses.dataclass
-class RawResult:
-    utts: list[Utterance]
-    problems: list[Problem]
-    segments: list[Segment]
-    #: the SRC files read (for the outputs-as-inputs check)
-    inputs: list[Path]
-    asr_computed: int = 0
-    asr_reused: int = 0
-    edited: int = 0
-
-
 def find(src: Path, dest: Path, speaker: str | None) -> tuple[list[tuple[Path, str, str]], list[Utterance],
                                                               list[Problem]]:
     """(recordings to cut as (path, id, speaker), ready-cut pairs, problems); DEST is never searched."""
@@ -184,8 +172,10 @@ def _to16k(x: np.ndarray) -> np.ndarray:
 
 
 def run(recordings: list[tuple[Path, str, str]], dest: Path, state_dir: Path, o: RawOptions,
-        say, tqdm, no_bar) -> tuple[list[Segment], list[Problem], tuple[int, int, int]]:
-    """Cut, normalise, write and transcribe every recording; returns every segment (kept or not)."""
+        say, tqdm, no_bar, *, use_tsv: bool = True) -> tuple[list[Segment], list[Problem], tuple[int, int, int]]:
+    """Cut, normalise, write and transcribe every recording; returns every segment (kept or not).
+
+    `use_tsv=False` (--force: start over) ignores the texts in an existing transcripts.tsv."""
     seg_dir = dest / SEGMENTS_DIR
     seg_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +198,7 @@ def run(recordings: list[tuple[Path, str, str]], dest: Path, state_dir: Path, o:
     for stale in seg_dir.glob("*.wav"):
         if stale.name not in keep:
             stale.unlink()
-    counts = _transcribe(segments, dest, state_dir, o, say, tqdm, no_bar)
+    counts = _transcribe(segments, dest, state_dir, o, say, tqdm, no_bar, use_tsv)
     return segments, problems, counts
 
 
@@ -265,9 +255,9 @@ def _prefilter(s: Segment, o: RawOptions) -> str | None:
 
 
 def _transcribe(segments: list[Segment], dest: Path, state_dir: Path, o: RawOptions, say, tqdm,
-                no_bar) -> tuple[int, int, int]:
+                no_bar, use_tsv: bool) -> tuple[int, int, int]:
     tsv_path = dest / asr_mod.TSV_NAME
-    tsv = asr_mod.read(tsv_path)
+    tsv = asr_mod.read(tsv_path) if use_tsv else {}
     written_path = state_dir / WRITTEN
     written: dict[str, dict[str, Any]] = json.loads(written_path.read_text(encoding="utf-8")) \
         if written_path.is_file() else {}

@@ -8,8 +8,9 @@ Why each piece:
   (on at `threshold`, off below `threshold - 0.15`), as silero's own `get_speech_timestamps` does.
 - `plan` turns regions into utterances inside [min_sec, max_sec]: split at every pause of at least
   `split_pause`, merge a too-short piece into the neighbour across the shorter pause (when the
-  result still fits and that pause is under `max_merge_pause`), split a too-long piece at its longest internal pause (recursively; a region
-  with no pause is split at its longest low-probability run). Cuts are always at the middle of a
+  result still fits and that pause is under `max_merge_pause`), split a too-long piece at its
+  longest internal pause (recursively; a region with no pause is split at its longest
+  low-probability run). Cuts are always at the middle of a
   pause, never inside speech on purpose; each utterance then keeps `pad` seconds of silence at
   either side (never past the cut), so lead and trail silence are trimmed.
 
@@ -97,7 +98,8 @@ def load_vad():
         try:
             from silero_vad import load_silero_vad
         except ImportError as exc:
-            raise EnvironmentProblem(f"slicing recordings needs silero-vad ({exc})", hint="pip install silero-vad") from exc
+            raise EnvironmentProblem(f"slicing recordings needs silero-vad ({exc})",
+                                     hint="pip install silero-vad") from exc
         _VAD = load_silero_vad(onnx=True)
     return _VAD
 
