@@ -32,8 +32,9 @@ RATE = raw_mod.SEGMENT_RATE
 PERMISSIVE = dict(min_asr_logprob=-1e9, max_no_speech=1.0, max_compression_ratio=1e9)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+@pytest.fixture(scope="module")
+def one_thread():
+    """Every test that runs models goes through `voices`, which asks for this (unit tests skip importing torch)."""
     import torch
 
     before = torch.get_num_threads()
@@ -60,7 +61,7 @@ def tiny_whisper(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def voices(upstream_at) -> dict[str, np.ndarray]:
+def voices(upstream_at, one_thread) -> dict[str, np.ndarray]:
     asset = upstream_at("ace7c47", patched=False) / "asset"
     return {name: slicing.decode_ffmpeg(asset / f"{name}_prompt.wav", RATE) for name in ("cross_lingual", "zero_shot")}
 
@@ -193,6 +194,7 @@ def test_plan_merges_short_pieces_and_splits_a_pauseless_region():
 
 # --- loudness, filters, TSV (unit) ----------------------------------------------------------------
 
+@pytest.mark.slow  # importing pyloudnorm (scipy.signal) takes seconds
 def test_loudness_reaches_the_target_and_never_clips():
     import pyloudnorm
 
