@@ -1,6 +1,6 @@
 """The world of the `cosyext serve` tests, built in a child process (`python -m tests.serve_world DIR TREE`):
 one tiny CosyVoice2 pretrained dir, LoRA adapter checkpoints (training's format, seeded non-zero
-weights) for four voices, one merged serve dir, speaker embeddings as files, and the reference
+weights) for four voices on it, one merged serve dir, a tiny CosyVoice3 pretrained dir with one voice, speaker embeddings as files, and the reference
 audio of every (voice, text, seed, stream) the tests ask for, made by `cosyvoice_ext.synth.Synthesizer`
 (what `cosyext synth` runs) with the same model, adapters, text and seed.
 
@@ -18,9 +18,11 @@ SHORT, LONG = "a", "hello world"
 #: lora voices (adapter seed) and the merged one; "dave" is added by the reload test
 LORA = {"alice": 1, "bob": 2, "dave": 4}
 MERGED = {"carol": 3}
+#: a lora voice on a CosyVoice3 base (a second base in the same server)
+CV3 = {"eve": 5}
 #: (voice, text, seed, stream) of every reference; "base" is the pretrained dir without adapters
 REFERENCES = [(v, SHORT, s, False) for v in ("alice", "bob", "carol") for s in (0, 1)] + [
-    ("alice", LONG, 0, True), ("dave", SHORT, 0, False), ("base", SHORT, 0, False)]
+    ("alice", LONG, 0, True), ("dave", SHORT, 0, False), ("base", SHORT, 0, False), ("eve", SHORT, 0, False)]
 
 
 def ref_name(voice: str, text: str, seed: int, stream: bool) -> str:
@@ -46,6 +48,11 @@ def build(root: Path, tree: Path) -> None:
     adapters = {name: make_adapters(pre.root, root / "runs" / name, seed=seed) for name, seed in {**LORA, **MERGED}.items()}
     for name in MERGED:
         make_merged_dir(pre.root, root / "models" / f"merged_{name}", adapters[name])
+    pre3 = make_inference_dir(root / "models" / "pretrained3", family="cosyvoice3", upstream=tree, speakers=tuple(CV3))
+    spk3 = torch.load(pre3.root / "spk2info.pt", weights_only=True)
+    for name, seed in CV3.items():
+        torch.save(spk3[name]["embedding"], root / "voices" / f"{name}.pt")
+        adapters[name] = make_adapters(pre3.root, root / "runs" / name, seed=seed)
     (root / "models.ready").write_text("")  # the server may start now; references follow
     refs = root / "refs"
     refs.mkdir()
@@ -54,6 +61,8 @@ def build(root: Path, tree: Path) -> None:
         if voice not in synths:
             if voice in MERGED:
                 source = ModelSource.serve_dir(root / "models" / f"merged_{voice}")
+            elif voice in CV3:
+                source = ModelSource.pretrained(pre3.root, llm=adapters[voice]["llm"], flow=adapters[voice]["flow"])
             elif voice == "base":
                 source = ModelSource.pretrained(pre.root)
             else:

@@ -72,6 +72,7 @@ def lora(name: str, **extra) -> dict:
 
 def config(voices: tuple[str, ...] = ("alice", "bob")) -> dict:
     speakers = {name: lora(name) for name in voices}
+    speakers["eve"] = lora("eve", pretrained_dir="models/pretrained3")  # a CosyVoice3 base of its own
     speakers["carol"] = {"type": "merged", "model_dir": "models/merged_carol", "spk_id": "carol",
                          "description": "exported", "active": True}
     speakers["quiet"] = lora("alice", active=False)
@@ -180,6 +181,13 @@ def test_every_voice_equals_the_synthesizer_and_voices_differ(server):
             assert np.array_equal(got, quantised(server.ref(voice, seed=seed))), (voice, seed)
 
 
+def test_a_cosyvoice3_voice_on_its_own_base(server):
+    r = server.speech(input=SHORT, voice="eve", response_format="wav")
+    assert r.status_code == 200, r.text
+    assert np.array_equal(pcm(r.content[44:]), quantised(server.ref("eve")))
+    assert server.client.get("/healthz").json()["models"] == 3  # CosyVoice2 base, carol's merged dir, CosyVoice3 base
+
+
 def test_stream_is_chunked_as_generated_and_equals_the_synthesizer_stream(server):
     arrivals, data = [], b""
     t0 = time.time()
@@ -264,7 +272,7 @@ def test_bad_requests(server):
         r = server.speech(input=SHORT, voice=voice)
         assert r.status_code == 404, (voice, r.text)
         err = r.json()["error"]
-        assert words in err["message"] and err["voices"] == ["alice", "bob", "carol"], err
+        assert words in err["message"] and err["voices"] == ["alice", "bob", "carol", "eve"], err
 
 
 def test_voices_health_and_skipped_entries_say_why(server):
@@ -272,7 +280,8 @@ def test_voices_health_and_skipped_entries_say_why(server):
     doc = server.client.get("/v1/voices", headers=AUTH).json()
     assert doc["default_speaker"] == "alice"
     by = {v["name"]: v for v in doc["voices"]}
-    assert {n for n, v in by.items() if v["status"] == "ready"} == {"alice", "bob", "carol"}
+    assert {n for n, v in by.items() if v["status"] == "ready"} == {"alice", "bob", "carol", "eve"}
+    assert by["eve"]["family"] == "cosyvoice3" and by["alice"]["family"] == "cosyvoice2"
     assert by["quiet"]["status"] == "inactive"
     assert by["alice"]["description"] == "alice's voice" and by["carol"]["type"] == "merged"
     reasons = {n: v.get("reason", "") for n, v in by.items() if v["status"] == "skipped"}
@@ -284,7 +293,17 @@ def test_voices_health_and_skipped_entries_say_why(server):
     log = server.log.read_text()
     for name in reasons:
         assert f"skipped {name}: " in log, log[-3000:]
-    assert "3 voice(s) ready (alice, bob, carol), 4 skipped, 1 inactive; 2 model(s) loaded" in log
+    assert "4 voice(s) ready (alice, bob, carol, eve), 4 skipped, 1 inactive; 3 model(s) loaded" in log
+
+
+def test_binds_127_0_0_1_by_default(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port]
+    assert listening and all(a.split(":")[0] == "0100007F" for a in listening), listening  # 127.0.0.1 only
+    assert not any(int(line.split()[1].rsplit(":", 1)[1], 16) == port and line.split()[3] == "0A"
+                   for line in (Path("/proc/net/tcp6").read_text().splitlines()[1:]
+                                if Path("/proc/net/tcp6").exists() else []))
 
 
 def test_root_no_file_outside_is_opened(server):
@@ -312,9 +331,9 @@ def test_page_plays_audio_in_headless_chromium(server):
         key = driver.find_element(By.ID, "key")
         key.send_keys(KEY)
         driver.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
-        WebDriverWait(driver, 30).until(lambda d: len(Select(d.find_element(By.ID, "voice")).options) == 3)
+        WebDriverWait(driver, 30).until(lambda d: len(Select(d.find_element(By.ID, "voice")).options) == 4)
         names = [o.get_attribute("value") for o in Select(driver.find_element(By.ID, "voice")).options]
-        assert names == ["alice", "bob", "carol"]
+        assert names == ["alice", "bob", "carol", "eve"]
         Select(driver.find_element(By.ID, "voice")).select_by_value("bob")
         text = driver.find_element(By.ID, "text")
         text.clear()
@@ -345,37 +364,55 @@ def test_strict_refuses_to_start(tmp_path, upstream_at):
 
 
 def test_reload_during_in_flight_requests_loses_none(server):
-    jobs = [(voice, i % 2) for i in range(3) for voice in ("alice", "bob", "carol")]
-    results: list = [None] * len(jobs)
+    """Requests queued before the reload, and requests for the dropped voice sent while it loads (they see the
+    old table and queue behind the loading job), all get their own voice's audio; after the swap, 404."""
+    results: dict[int, tuple] = {}
 
     def one(i: int, voice: str, seed: int) -> None:
         with httpx.Client(base_url=server.url, timeout=600) as c:
             r = c.post("/v1/audio/speech", headers=AUTH, json={"input": SHORT, "voice": voice, "seed": seed,
                                                                 "response_format": "pcm"})
-            results[i] = (r.status_code, r.content)
+            results[i] = (voice, seed, r.status_code, r.content)
 
-    threads = [threading.Thread(target=one, args=(i, v, s)) for i, (v, s) in enumerate(jobs)]
+    first = [(voice, i % 2) for i in range(3) for voice in ("alice", "bob", "carol")]
+    threads = [threading.Thread(target=one, args=(i, v, s)) for i, (v, s) in enumerate(first)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    time.sleep(0.5)
+    in_flight = len(first) - len(results)
     server.write_config(config(voices=("alice", "dave")))  # bob goes, dave comes
+    reloaded: dict = {}
+    reloader = threading.Thread(target=lambda: reloaded.update(r=server.client.post("/v1/reload", headers=AUTH)))
+    reloader.start()
     try:
-        r = server.client.post("/v1/reload", headers=AUTH)
+        k = len(first)
+        while reloader.is_alive() and k < len(first) + 6:  # bob, while the new voices load
+            time.sleep(0.3)
+            threads.append(threading.Thread(target=one, args=(k, "bob", 0)))
+            threads[-1].start()
+            k += 1
+        reloader.join()
+        r = reloaded["r"]
         assert r.status_code == 200, r.text
         report = r.json()
-        assert report["added"] == ["dave"] and report["removed"] == ["bob"] and report["unchanged"] == ["alice", "carol"]
-        in_flight_at_reload = sum(x is None for x in results)
+        assert report["added"] == ["dave"] and report["removed"] == ["bob"]
+        assert report["unchanged"] == ["alice", "carol", "eve"] and report["changed"] == []
         for t in threads:
             t.join()
-        print(f"\nreload with {in_flight_at_reload} of {len(jobs)} requests still in flight")
-        assert in_flight_at_reload > 0, "every request had finished before the reload: nothing was tested"
-        for (voice, seed), (status, body) in zip(jobs, results):
-            assert status == 200, (voice, status, body[:300])
-            assert np.array_equal(pcm(body), quantised(server.ref(voice, seed=seed))), (voice, seed)
+        during = [results[i] for i in range(len(first), k)]
+        print(f"\nreload posted with {in_flight} of {len(first)} requests in flight; {len(during)} requests for the "
+              f"dropped voice sent while it loaded: {sorted(x[2] for x in during)}")
+        assert in_flight > 0, "every request had finished before the reload: nothing was tested"
+        assert any(x[2] == 200 for x in during), "no request saw the old table during the reload"
+        for voice, seed, status, body in [results[i] for i in range(len(first))] + during:
+            assert status in (200, 404) and (status == 200 or (voice == "bob" and b"is not in the config" in body))
+            if status == 200:
+                assert np.array_equal(pcm(body), quantised(server.ref(voice, seed=seed))), (voice, seed)
+        assert all(results[i][2] == 200 for i in range(len(first))), "a request queued before the reload was lost"
         r = server.speech(input=SHORT, voice="dave")
         assert r.status_code == 200 and np.array_equal(pcm(r.content), quantised(server.ref("dave")))
         r = server.speech(input=SHORT, voice="bob")
-        assert r.status_code == 404 and r.json()["error"]["voices"] == ["alice", "carol", "dave"]
+        assert r.status_code == 404 and r.json()["error"]["voices"] == ["alice", "carol", "dave", "eve"]
     finally:
         server.write_config(config())
         assert server.client.post("/v1/reload", headers=AUTH).json()["added"] == ["bob"]

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import checkpoints
 from .. import family as families
-from ..errors import CheckpointError, CosyextError, UsageError
+from ..errors import CheckpointError, UsageError
 from ..synth import adapters as adapter_mod
 from ..synth import loader, voices as synth_voices
 from ..synth.engine import Engine
@@ -326,4 +326,4 @@ class Models:
         return gone
 
 
-__all__ = ["CosyextError", "Instance", "Models", "Voice", "read_embedding"]
+__all__ = ["Instance", "Models", "Voice", "read_embedding"]
