@@ -41,7 +41,7 @@ def setup(root: Path, upstream: Path, sentences: int, epochs: int):
     train_list, cv_list = write_train_cv(root / "data", 12, 4, shards=2, min_sec=1.6, max_sec=1.6)
     samples_cv = write_parquet_dataset(root / "samples_cv", sentences + 2, seed=5, min_sec=2.0, max_sec=2.5,
                                        utt_prefix="scv", text_fn=lambda i: " ".join(LEXICON[2 * i:2 * i + 2]))
-    lora = "cosyext:\n  llm:\n    r: 4\n    alpha: 8\n    dropout: 0.0\n"
+    lora = "cosyext:\n  llm:\n    r: 4\n    alpha: 8\n    dropout: 0.1\n"  # dropout draws from the RNG samples must give back
     samples = (f"  samples:\n    pretrained: {pretrained.root}\n    cv_data: {samples_cv}\n    sentences: {sentences}\n"
                "    max_seconds: 120\n    metrics: [sim_campplus]\n")
     configs = {}
