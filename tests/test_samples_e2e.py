@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ def run(tmp_path_factory, upstream_tree):
     from cosyvoice_ext.tiny.workspace import Workspace, train_command, train_env
 
     root = tmp_path_factory.mktemp("samples")
+    t0 = time.perf_counter()
     pretrained = make_inference_dir(root / "pretrained", upstream=upstream_tree)
+    t1 = time.perf_counter()
     # equal utterances in 2 equal shards: both ranks take the same number of batches, so the join never
     # waits for a rank that ran out of data (what the short --timeout would report as uneven workload)
     train_list, cv_list = write_train_cv(root / "data", 12, 4, shards=2, min_sec=1.6, max_sec=1.6)
@@ -63,11 +66,13 @@ def run(tmp_path_factory, upstream_tree):
     ws = Workspace(root=root, qwen_dir=pretrained.qwen_dir, config=config, train_list=train_list, cv_list=cv_list,
                    llm_ckpt=pretrained.path("llm.pt"), flow_ckpt=pretrained.path("flow.pt"))
     exp = root / "exp"
+    t2 = time.perf_counter()
     res = subprocess.run(train_command(ws, upstream_tree, "llm", exp, nproc=2, checkpoint=ws.llm_ckpt,
                                        extra_args=["--timeout", str(TIMEOUT)]),
                          env=train_env(upstream_tree), capture_output=True, text=True, timeout=900)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-6000:]
+    print(f"\ntiny inference dir {t1 - t0:.1f} s, data and config {t2 - t1:.1f} s, 2-rank run {time.perf_counter() - t2:.1f} s")
     rate = int(re.search(r"^sample_rate: (\d+)", text, re.M).group(1))
     return exp, log, rate
 
