@@ -206,7 +206,7 @@ def test_stream_is_chunked_as_generated_and_equals_the_synthesizer_stream(server
     assert spread > 0.05, "every piece came at once: nothing was sent while the rest was generated"
 
 
-def test_default_speaker_and_mp3(server):
+def test_default_speaker_mp3_and_speed(server):
     r = server.speech(input=SHORT, response_format="mp3")  # no voice: the default speaker
     assert r.status_code == 200 and r.headers["x-voice"] == "alice" and r.headers["content-type"] == "audio/mpeg"
     dec = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1",
@@ -215,6 +215,8 @@ def test_default_speaker_and_mp3(server):
     ref = server.ref("alice")
     got = pcm(dec.stdout)
     assert abs(len(got) - len(ref)) < 2400, (len(got), len(ref))  # mp3 pads by up to a frame or two
+    r = server.speech(input=SHORT, voice="alice", speed=2.0)  # upstream shortens the mel: half the samples
+    assert r.status_code == 200 and abs(len(pcm(r.content)) - len(ref) / 2) <= 480, (len(r.content) // 2, len(ref))
 
 
 def test_three_voices_twenty_concurrent_requests_each_no_cross_talk(server):
