@@ -144,3 +144,35 @@ def test_config_file_errors_are_usage_errors(tmp_path):
     (tmp_path / "d.json").write_text('{"default_speaker": 3, "speakers": {}}')
     with pytest.raises(UsageError, match="default_speaker must be a voice name"):
         cfg.load(tmp_path / "d.json")
+
+
+def test_speaker_embeddings_every_form_and_weights_only(tmp_path):
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from cosyvoice_ext.errors import CheckpointError
+    from cosyvoice_ext.serve.models import read_embedding
+
+    emb = torch.randn(1, 192)
+    forms = {"bare.pt": emb[0], "row.pt": emb, "entry.pt": {"embedding": emb},
+             "table.pt": {"other": {"embedding": torch.zeros(1, 192)}, "me": {"embedding": emb}},
+             "single.pt": {"only": {"embedding": emb}}, "list.pt": emb[0].tolist()}
+    for name, obj in forms.items():
+        torch.save(obj, tmp_path / name)
+        got = read_embedding(tmp_path / name, "me", 192)
+        assert got.shape == (1, 192) and got.dtype == torch.float32 and torch.equal(got, emb), name
+    np.save(tmp_path / "e.npy", emb.numpy())
+    assert torch.equal(read_embedding(tmp_path / "e.npy", "me", 192), emb)
+    bad = {"short.pt": (torch.ones(10), "holds 10 values; the model's speaker embeddings have 192"),
+           "nan.pt": (torch.full((192,), float("nan")), "NaN or Inf"),
+           "two.pt": ({"a": {"embedding": emb}, "b": {"embedding": emb}}, "holds dict, not a 192-value embedding"),
+           "code.pt": (argparse.Namespace(x=1), "refusing to load spk_embedding_path")}
+    for name, (obj, words) in bad.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(CheckpointError, match=words):
+            read_embedding(tmp_path / name, "me", 192)
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "row.pt").read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="is not a readable embedding"):
+        read_embedding(tmp_path / "trunc.pt", "me", 192)

@@ -226,6 +226,8 @@ class Instance:
 def read_embedding(path: Path, name: str, size: int) -> Any:
     """A [1, size] float32 speaker embedding from a .npy file or a torch file (weights_only): a tensor, an
     spk2info entry {'embedding': ...}, or an spk2info table holding `name` (or one entry)."""
+    import pickle
+
     import torch
 
     try:
@@ -233,6 +235,12 @@ def read_embedding(path: Path, name: str, size: int) -> Any:
             obj: Any = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        wanted = checkpoints.refused_global(exc)
+        raise CheckpointError(f"refusing to load spk_embedding_path {path}: it carries a pickle payload beyond plain "
+                              f"tensors{f' (the global {wanted})' if wanted else ''}; loading it would run code "
+                              "from the file", hint="save the embedding as a plain tensor: torch.save(tensor, path)"
+                              ) from exc
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"spk_embedding_path {path} is not a readable embedding (.pt or .npy): {first}") from exc
