@@ -3,7 +3,7 @@ of a tiny inference dir (the pretrained dir samples build upstream's CosyVoice2 
 checkpoint every 2 steps, `--timeout 1` and early stopping on the samples' speaker similarity.
 
 One run proves several things (CI budget): the wavs next to each checkpoint, TensorBoard audio and
-scalars, one metrics row per checkpoint, no rank timing out although rank 0 samples far longer than
+scalars, one metrics row per checkpoint (speaker similarity, and WER with a random-weight Whisper), no rank timing out although rank 0 samples far longer than
 --timeout between two steps of an epoch, early stopping by the eval metric with best.yaml naming it,
 and `export --run` choosing that checkpoint.
 """
@@ -25,6 +25,7 @@ TIMEOUT = 1  # train.py --timeout: the join's monitored barrier
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, upstream_tree):
+    from cosyvoice_ext.eval.tiny import make_whisper_checkpoint
     from cosyvoice_ext.tiny.api import detect_api
     from cosyvoice_ext.tiny.data import write_parquet_dataset, write_train_cv
     from cosyvoice_ext.tiny.inference import make_inference_dir, render_inference_config
@@ -41,6 +42,7 @@ def run(tmp_path_factory, upstream_tree):
     # the sentences samples speak: 2 words each (a random LLM speaks ~20x the text tokens), 2 s recordings
     samples_cv = write_parquet_dataset(root / "samples_cv", 4, seed=5, min_sec=2.0, max_sec=2.5, utt_prefix="scv",
                                        text_fn=lambda i: " ".join(LEXICON[2 * i:2 * i + 2]))
+    whisper = make_whisper_checkpoint(root / "whisper.pt")  # random weights: the ASR path, offline
     extra = f"""cosyext:
   llm:
     r: 4
@@ -56,7 +58,8 @@ def run(tmp_path_factory, upstream_tree):
     sentences: 2
     max_seconds: 60
     at_init: true
-    metrics: [sim_campplus]
+    metrics: [sim_campplus, wer]
+    asr: {whisper}
 """
     text = render_inference_config(pretrained.qwen_dir, api=detect_api(upstream_tree), max_epoch=3, lr=0.01,
                                    max_frames_in_batch=400, extra=extra)
@@ -97,6 +100,9 @@ def test_wavs_next_to_each_checkpoint_and_one_metrics_row_per_checkpoint(run):
             info = soundfile.info(str(wav))
             assert info.samplerate == rate and info.channels == 1 and info.frames / rate > 0.1
             assert entry["scores"]["samples/sim_campplus"] is not None
+            # WER against the text it was asked to say, with what the (random) ASR heard beside it
+            assert entry["scores"]["samples/wer"] >= 0 and "transcript" in entry["details"]["samples/wer"]
+        assert row["metrics"]["samples/wer"] >= 0
     # the build happens once, at init; every later checkpoint only applies its adapter
     assert log.count("cosyext samples: upstream CosyVoice2 ready") == 1
     print("\nsamples seconds per checkpoint:", [r["seconds"]["total"] for r in rows],
@@ -149,7 +155,7 @@ def _audio_events(path: Path) -> list[tuple[str, int, object]]:
     return out
 
 
-def test_tensorboard_has_the_audio_and_the_metric_and_plot_still_reads_it(run):
+def test_tensorboard_has_the_audio_and_the_metrics_and_plot_still_reads_it(run):
     from cosyvoice_ext import plot
     from cosyvoice_ext.samples import read_rows
 
@@ -164,6 +170,6 @@ def test_tensorboard_has_the_audio_and_the_metric_and_plot_still_reads_it(run):
         assert [step for step, _ in clips] == [r["step"] + 1 for r in rows]
         assert all(a.sample_rate == rate and a.encoded_audio_string[:4] == b"RIFF" for _, a in clips)
     scalars = plot.read_scalars(tb)
-    assert scalars["samples/sim_campplus"] == pytest.approx(
-        {r["step"] + 1: r["metrics"]["samples/sim_campplus"] for r in rows})
+    for metric in ("samples/sim_campplus", "samples/wer"):
+        assert scalars[metric] == pytest.approx({r["step"] + 1: r["metrics"][metric] for r in rows})
     assert {c.split for c in plot.load_runs([tb])} == {"TRAIN", "CV"}

@@ -247,11 +247,13 @@ class Sampler:
                 slowest = max(slowest, dt_synth + dt_score)
                 entry: dict[str, Any] = {"text": u.text, "wav": str(wav.relative_to(self.model_dir)),
                                          "seconds": round(clip.seconds, 3), "synthesis_seconds": round(dt_synth, 4),
-                                         "seed": self.settings.seed + i, "scores": {}, "skipped": {}}
+                                         "seed": self.settings.seed + i, "scores": {}, "details": {}, "skipped": {}}
                 for run in self.runs:
                     score = run.scores.get(model_name, {}).get(u.utt)
                     if score is not None:
                         entry["scores"][PREFIX + run.name] = score.value
+                        if score.detail:  # what the ASR heard, for instance
+                            entry["details"][PREFIX + run.name] = score.detail
                     elif u.utt in run.skipped.get(model_name, {}):
                         entry["skipped"][PREFIX + run.name] = run.skipped[model_name][u.utt]
                     elif run.unavailable:
