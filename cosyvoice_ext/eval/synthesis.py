@@ -24,15 +24,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import EnvironmentProblem, UsageError
+from ..errors import CosyextError, EnvironmentProblem, UsageError
 from .audio import Clip
 from .data import Utterance
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 HINT = "cosyext eval RUN|MODEL_DIR --base PRETRAINED --data CV_LIST (RUN: the --model_dir of an llm or flow run)"
 
@@ -62,11 +64,22 @@ class System:
     def load(self) -> None:
         if self._syn is not None:
             return
-        from ..synth import Synthesizer
+        from ..synth import SynthesisError, Synthesizer
 
         t0 = time.perf_counter()
         self.progress(f"loading {self.name}: {self.source.describe()}")
-        self._syn = Synthesizer(self.upstream, self.source, progress=self.progress)
+        try:
+            self._syn = Synthesizer(self.upstream, self.source, progress=self.progress)
+        except CosyextError:
+            raise
+        except Exception as exc:  # upstream's constructor on a dir it cannot build (e.g. a yaml of another commit)
+            log.debug("loading %s failed", self.name, exc_info=exc)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SynthesisError(f"upstream's inference class could not load {self.source.describe()}: "
+                                 f"{type(exc).__name__}: {first}",
+                                 hint=f"check that {self.source.model_dir} was made for the upstream commit at "
+                                 f"{self.upstream} (its yaml names classes that tree has); cosyext -v eval ... "
+                                 "shows the traceback") from exc
         self.progress(f"{self.name} loaded in {time.perf_counter() - t0:.1f} s ({self._syn.family.inference_class}, "
                       f"{self._syn.sample_rate} Hz)")
 
