@@ -365,6 +365,19 @@ def test_strict_refuses_to_start(tmp_path, upstream_at):
     assert "next: fix them, or serve without --strict" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_reload_of_a_broken_config_keeps_the_voices(server):
+    (server.srv / "speaker_config.json").write_text('{"speakers": {')
+    try:
+        r = server.client.post("/v1/reload", headers=AUTH)
+        assert r.status_code == 422 and "is not valid JSON" in r.json()["error"]["message"], r.text
+        voices = server.client.get("/v1/voices", headers=AUTH).json()["voices"]
+        assert sorted(v["name"] for v in voices if v["status"] == "ready") == ["alice", "bob", "carol", "eve"]
+    finally:
+        server.write_config(config())
+    report = server.client.post("/v1/reload", headers=AUTH).json()
+    assert report["unchanged"] == ["alice", "bob", "carol", "eve"] and not report["added"] and not report["removed"]
+
+
 def test_reload_during_in_flight_requests_loses_none(server):
     """Requests queued before the reload, and requests for the dropped voice sent while it loads (they see the
     old table and queue behind the loading job), all get their own voice's audio; after the swap, 404."""
