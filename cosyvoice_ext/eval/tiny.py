@@ -7,10 +7,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-#: a few-MB model (the vocabulary embedding dominates); large-v3's shape for real-size cost
+#: a few-MB model (the vocabulary embedding dominates); openai-whisper's base, small and large-v3 shapes
+#: for real-size cost (benchmarks/bench_eval.py)
 SHAPES = {
     "tiny": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
                  n_text_ctx=64, n_text_state=32, n_text_head=2, n_text_layer=1),
+    "base": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=6, n_vocab=51865,
+                 n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=6),
+    "small": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=768, n_audio_head=12, n_audio_layer=12, n_vocab=51865,
+                  n_text_ctx=448, n_text_state=768, n_text_head=12, n_text_layer=12),
     "large-v3": dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
                      n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32),
 }
