@@ -149,7 +149,8 @@ def ace(upstream_at, tmp_path_factory) -> dict:
             "--qwen-pretrain-path", cv3 / "CosyVoice-BlankEN", "--upstream", tree, "--serve", cv3,
             "--speaker-data", run / "data" / "train" / "data.list", "--speaker-name", "my_voice", "-o", serve),
         say("cv3_merged", serve, "--speaker", "tiny_speaker", "--format", "float"),
-        say("cv3_registered", serve, "--speaker", "my_voice", "--stream"),
+        # no --speaker: speaker_config.json's default_speaker (export --serve made it my_voice)
+        say("cv3_registered", serve, "--stream"),
         say("cv3_zs", cv3, "--prompt-wav", prompt, "--prompt-text", "希望你以后"),
     ]
     result = run_probe({"tree": str(tree), "actions": actions}, w)
