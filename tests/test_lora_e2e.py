@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -205,8 +206,10 @@ def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_t
 
     # a complete model dir (real HiFT, stand-in ONNX models) whose llm.pt/flow.pt are the runs' base checkpoints
     pre = tmp_path / "CosyVoice2-0.5B"
+    started = time.perf_counter()
     with upstream_on_path(upstream_tree):
         make_inference_dir(pre, family="cosyvoice2", upstream=upstream_tree)
+    built = time.perf_counter() - started
     assert tree_digest(pre / "CosyVoice-BlankEN") == tree_digest(ws.qwen_dir)
     shutil.copy(ws.llm_ckpt, pre / "llm.pt")
     shutil.copy(ws.flow_ckpt, pre / "flow.pt")
@@ -234,6 +237,7 @@ def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_t
     assert list(entries) == ["my_voice"] and entries["my_voice"]["description"] == "tiny test voice"
 
     # the real class: upstream's CosyVoice2 from this tree loads `out` (no emulation)
+    started = time.perf_counter()
     wavs, up = tmp_path / "wavs", ["--upstream", upstream_tree]
     wavs.mkdir()
     text = ["--text", "hello world", "--seed", "0"]
@@ -251,6 +255,7 @@ def test_export_serve_builds_a_model_dir_upstream_inference_loads(ws, upstream_t
         cli("base", "synth", "--pretrained", pre, "--speaker", DEFAULT_SPEAKER, *text, "-o", wavs / "base.wav",
             "--format", "float", *up),
     ]}, tmp_path)
+    print(f"\ninference dir {built:.1f} s, synthesis probe {time.perf_counter() - started:.1f} s")
     audio = {}
     for step, got in result["steps"].items():
         assert got["rc"] == 0, f"{step}: exit {got['rc']}\n{got['stderr'][-3000:]}"
