@@ -166,6 +166,19 @@ def test_a_tiny_whisper_checkpoint_transcribes_and_is_scored(tiny_whisper):
     assert 0 <= cer.score(_sample(_tone(2.0), "你好")).value
 
 
+def test_the_same_seed_gives_the_same_finite_tiny_whisper(tiny_whisper, tmp_path):
+    """Every tensor is seeded: the text decoder's positional embedding, which openai-whisper leaves as
+    torch.empty allocated it, used to hold leftover memory (1e25, NaN logits) that differed run to run."""
+    import torch
+
+    again = torch.load(make_whisper_checkpoint(tmp_path / "again.pt"), weights_only=True)["model_state_dict"]
+    first = torch.load(tiny_whisper, weights_only=True)["model_state_dict"]
+    assert first.keys() == again.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, again[name]), name
+        assert torch.isfinite(tensor).all() and tensor.abs().max() < 100, name
+
+
 def test_wer_and_cer_say_why_they_do_not_run(tiny_whisper, tmp_path):
     with pytest.raises(MetricUnavailable, match="no ASR model: pass --asr"):
         ErrorRate("wer", "en").setup(Context(texts=[("hi", "en")]))

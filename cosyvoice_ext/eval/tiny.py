@@ -27,8 +27,13 @@ def make_whisper_checkpoint(path: Path, shape: str = "tiny", seed: int = 0) -> P
     from whisper.model import ModelDimensions, Whisper
 
     dims = ModelDimensions(**SHAPES[shape])
-    torch.manual_seed(seed)
-    model = Whisper(dims)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Whisper(dims)
+        # openai-whisper allocates the text decoder's positional embedding with torch.empty (a trained
+        # checkpoint overwrites it): left as allocated it holds whatever memory held (1e25, NaN logits) and
+        # differs run to run, so the same seed would not give the same model
+        torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
