@@ -1,7 +1,7 @@
 """`cosyext demo` (what `scripts/demo` runs): the whole tour on CosyVoice3 at the newest commit, ending
 with `cosyext eval` of the trained adapters against the base (issue 11: "eval runs end to end on the
 demo's outputs", "scripts/demo ends with an eval table and the paths of a few synthesised wavs"), and
-the promise never to clear a directory it did not make.
+the promise never to clear a directory it did not make. The rerun trains from one long recording (issue 13).
 
 The demo runs once for the module; the tests after it read its outputs (the rerun, which replaces
 them, comes last). What eval synthesised is checked against the synthesis library in a child
@@ -173,16 +173,37 @@ def test_eval_targets_that_cannot_be_are_exit_2_before_any_model_loads(demo, tar
 
 
 @pytest.mark.slow
-def test_demo_rerun_replaces_what_it_made_and_keeps_the_tree(demo):
-    """Last in the module: it replaces the outputs the tests above read."""
+def test_demo_rerun_from_one_long_recording_replaces_what_it_made_and_keeps_the_tree(demo):
+    """Last in the module: it replaces the outputs the tests above read. The rerun trains from ONE long
+    recording (issue 13: "a full run from one long file trains in the demo"): upstream's real speech joined
+    with pauses, cut by prepare on the pauses (one segment per clip), transcribed, then the LLM trains on it."""
+    from cosyvoice_ext.tiny.recording import ASSETS
+
     work, _ = demo
     (work / "notes.txt").write_text("mine")
-    again = run_cosyext("demo", "--workdir", str(work), "--epochs", "1", "--utterances", "16", "--models", "llm",
+    again = run_cosyext("demo", "--workdir", str(work), "--recording", "upstream", "--epochs", "1", "--models", "llm",
                         "--eval-utts", "0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already at" in again.stdout and (work / "notes.txt").read_text() == "mine"
     assert not (work / "exp" / "flow").exists() and not (work / "eval").exists()
     assert "cosyext eval" not in again.stdout
+    # the generated wav+txt recordings are gone; the long take (3 rounds of the clips, 0.3 s at both ends and
+    # 1.2 s pauses between clips) was cut only inside clips: every clip gives at least one segment, none spans a join
+    assert [p.name for p in (work / "recordings").iterdir()] == ["long_take.flac"]
+    durations = [soundfile.info(str(work / "CosyVoice" / "asset" / name)).duration for name in ASSETS] * 3
+    starts = np.cumsum([0.3] + [d + 1.2 for d in durations[:-1]])
+    clips = list(zip(starts, starts + np.array(durations)))
+    header, *rows = [r.split("\t") for r in (work / "data" / "transcripts.tsv").read_text().splitlines() if r.strip()]
+    spans = [(float(r[header.index("start")]), float(r[header.index("end")])) for r in rows]
+    inside = [[i for i, (a, b) in enumerate(clips) if a - 0.3 <= s and e <= b + 0.3] for s, e in spans]
+    assert all(len(hit) == 1 for hit in inside), (spans, clips)
+    assert sorted({hit[0] for hit in inside}) == list(range(len(clips)))
+    assert len(list((work / "data" / "segments").rglob("*.wav"))) == len(spans)
+    assert (work / "data" / "report.html").is_file()
+    trained = re.search(r"^llm\s+(\d+)\s+(\d+)\s+(\d+)", again.stdout, re.M)
+    assert trained, again.stdout[-2000:]
+    assert int(trained.group(1)) >= 1 and int(trained.group(3)) >= 1  # samples, steps
+    assert list((work / "exp" / "llm").glob("epoch_0_whole.pt"))
 
 
 def test_demo_never_clears_a_directory_it_did_not_make(tmp_path):

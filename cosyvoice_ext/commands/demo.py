@@ -8,7 +8,8 @@ stock train.py under torchrun -> `cosyext plot` -> `cosyext export --serve` -> `
 trained adapters against the base on the CV utterances (a tiny random Whisper for WER) -> a summary
 with the eval table and a few synthesised wavs. The models are random and tiny: the audio is noise
 and the numbers say nothing about quality, but every step is the real one.
-CosyVoice3 by default; `--family cosyvoice2` for CosyVoice2.
+CosyVoice3 by default; `--family cosyvoice2` for CosyVoice2. `--recording upstream` (or FILE) trains
+from one long recording instead: prepare cuts it on pauses, normalises it and transcribes it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole workflow on a tiny embedded default with torchrun on CPU (minutes)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  cosyext demo --workdir /tmp/cosyext-demo\n"
-                       "  cosyext demo --workdir /tmp/d --source github --models llm --epochs 3")
+                       "  cosyext demo --workdir /tmp/d --source github --models llm --epochs 3\n"
+                       "  cosyext demo --workdir /tmp/d --recording upstream   # one long take of real speech")
     p.add_argument("--workdir", type=Path, default=Path("cosyext-demo"), help="everything is written here")
     p.add_argument("--source", default=None, help="where upstream comes from (see 'cosyext vendor --help'; default: "
                    "$COSYEXT_UPSTREAM_MIRROR, else the checkout's ../shared/upstream, else GitHub)")
@@ -51,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="llm,flow", help="comma-separated: llm, flow")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--utterances", type=int, default=40, help="tiny recordings to generate")
+    p.add_argument("--recording", metavar="upstream|FILE", help="train from ONE long recording instead: 'upstream' "
+                   "joins the real speech in the vendored tree's asset/ with pauses; FILE is yours (any format ffmpeg "
+                   "reads). prepare cuts it on pauses (silero-vad), normalises loudness and transcribes it with --asr")
+    p.add_argument("--asr", metavar="NAME|PATH", help="with --recording: the Whisper model for the transcripts "
+                   "(default: a tiny random one built here, offline: its transcripts are noise)")
     p.add_argument("--eval-utts", type=int, default=EVAL_UTTS, metavar="N",
                    help=f"CV utterances the closing 'cosyext eval' synthesises per system (default {EVAL_UTTS}; 0 skips "
                    "the eval)")
@@ -125,6 +132,38 @@ def _eval_summary(out: Path, table: str, result: dict, seconds: float) -> None:
     print(f"eval table, JSON and plot: {out / 'eval.txt'}, {out / 'eval.json'}, {out / 'eval.png'}")
 
 
+def _long_recording(spec: str, upstream: Path, work: Path) -> Path:
+    """The one long recording the demo trains from: upstream's real speech joined with pauses, or the user's file."""
+    from ..errors import UsageError
+    from ..tiny.recording import long_recording
+
+    if spec != "upstream":
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"--recording {spec}: no such file", hint="cosyext demo --recording upstream")
+        _step(f"one long recording: {path}")
+        return path
+    try:
+        path = long_recording(upstream, work / "recordings" / "long_take.flac")
+    except FileNotFoundError as exc:
+        raise UsageError(f"--recording upstream: {exc}", hint="cosyext demo --recording upstream (at a git commit: "
+                         "the default --rev), or --recording FILE") from None
+    _step(f"one long recording from upstream's real speech (asset/*.wav joined with pauses): {path}")
+    return path
+
+
+def _raw_options(args: argparse.Namespace, work: Path) -> dict:
+    """prepare's raw-recording options: the named Whisper as it is, or a tiny random one with its filters opened
+    (its transcripts are noise, which its confidence says; a real model is held to the defaults)."""
+    if args.asr:
+        return {"asr": args.asr}
+    from ..eval.tiny import make_whisper_checkpoint
+
+    asr = make_whisper_checkpoint(work / "asr" / "whisper-tiny.pt")
+    return {"asr": str(asr), "language": "en", "min_asr_logprob": -1e9, "max_no_speech": 1.0,
+            "max_compression_ratio": 1e9}
+
+
 def _claim_workdir(work: Path) -> None:
     """Use `work` only if it is new, empty, or an earlier demo's; then clear what an earlier demo made.
 
@@ -163,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - {"llm", "flow"}:
         raise UsageError(f"--models takes llm and/or flow, got {args.models!r}", hint="cosyext demo --models llm,flow")
+    if args.asr and not args.recording:
+        raise UsageError("--asr transcribes a --recording; the generated recordings come with their texts",
+                         hint="cosyext demo --recording upstream --asr small")
     if args.eval_utts < 0:
         raise UsageError(f"--eval-utts takes 0 (no eval) or more, got {args.eval_utts}", hint="cosyext demo --eval-utts 3")
     fam = families.get(args.family)
@@ -187,8 +229,12 @@ def run(args: argparse.Namespace) -> int:
     _step(f"cosyext apply-patches --upstream {upstream}")
     print(patching.apply_series(upstream, lock).message)
 
-    _step(f"generate {args.utterances} tiny recordings (wav + txt) and a tiny pretrained {fam.inference_class} dir")
-    recordings = write_recordings(work / "recordings", args.utterances, seed=0)
+    if args.recording:
+        recordings = _long_recording(args.recording, upstream, work)
+        _step(f"a tiny pretrained {fam.inference_class} dir")
+    else:
+        _step(f"generate {args.utterances} tiny recordings (wav + txt) and a tiny pretrained {fam.inference_class} dir")
+        recordings = write_recordings(work / "recordings", args.utterances, seed=0)
     pretrained = work / "pretrained"
     with upstream_on_path(upstream):  # built here, so the eval at the end reuses this process's import of upstream
         made = make_inference_dir(pretrained, family=fam, upstream=upstream, speakers=())
@@ -199,9 +245,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"recordings in {recordings}; pretrained {fam.inference_class} dir (random weights: llm, flow, hift, "
           f"{fam.config_name}, tiny Qwen2, stand-in ONNX models) in {pretrained}")
 
-    _step(f"cosyext prepare {recordings} {work / 'data'} --pretrained {pretrained}")
+    raw = _raw_options(args, work) if args.recording else {}
+    shown = "".join(f" --{k.replace('_', '-')} {v}" for k, v in raw.items())
+    _step(f"cosyext prepare {recordings} {work / 'data'} --pretrained {pretrained}{shown}")
     prep = prepare(PrepareOptions(src=recordings, dest=work / "data", pretrained=pretrained, cv_ratio=0.2,
-                                  seed=0, progress=False))
+                                  seed=0, progress=False, **raw))
+    if args.recording:
+        print(f"cut, normalised and transcribed: {work / 'data' / 'segments'}; transcripts (editable): "
+              f"{work / 'data' / 'transcripts.tsv'}; data report: {work / 'data' / 'report.html'}")
     print(f"{prep.family} data: train {prep.utts.get('train', 0)} / cv {prep.utts.get('cv', 0)} utterances, "
           f"{len(prep.skipped)} skipped")
 
