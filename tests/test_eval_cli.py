@@ -95,6 +95,7 @@ def test_missing_wavs_are_counted_and_only_pairs_enter_the_difference(setup_dir,
     assert result["utterances"][0]["tuned"]["missing"] is True
 
 
+@pytest.mark.slow  # builds and installs a distribution: seconds, out of the unit tier
 def test_a_third_party_metric_installed_as_a_distribution_is_in_the_table(setup_dir, tmp_path):
     root, data, pre, asr = setup_dir
     plugin = ("1.0", textwrap.dedent("""
