@@ -39,9 +39,11 @@ def run(tmp_path_factory, upstream_tree):
     # equal utterances in 2 equal shards: both ranks take the same number of batches, so the join never
     # waits for a rank that ran out of data (what the short --timeout would report as uneven workload)
     train_list, cv_list = write_train_cv(root / "data", 12, 4, shards=2, min_sec=1.6, max_sec=1.6)
-    # the sentences samples speak: 2 words each (a random LLM speaks ~20x the text tokens), 2 s recordings
-    samples_cv = write_parquet_dataset(root / "samples_cv", 4, seed=5, min_sec=2.0, max_sec=2.5, utt_prefix="scv",
-                                       text_fn=lambda i: " ".join(LEXICON[2 * i:2 * i + 2]))
+    # the sentences samples speak: 3 words each (a random LLM speaks ~20x the text tokens), 2 s recordings; 4 of
+    # them (one more CV utterance is the zero-shot prompt) take ~2.5 s on a quiet machine, well over --timeout 1
+    # (2 sentences took 0.9 s there: the timeout test proved nothing)
+    samples_cv = write_parquet_dataset(root / "samples_cv", 5, seed=5, min_sec=2.0, max_sec=2.5, utt_prefix="scv",
+                                       text_fn=lambda i: " ".join(LEXICON[3 * i:3 * i + 3]))
     whisper = make_whisper_checkpoint(root / "whisper.pt")  # random weights: the ASR path, offline
     extra = f"""cosyext:
   llm:
@@ -55,7 +57,7 @@ def run(tmp_path_factory, upstream_tree):
   samples:
     pretrained: {pretrained.root}
     cv_data: {samples_cv}
-    sentences: 2
+    sentences: 4
     max_seconds: 60
     at_init: true
     metrics: [sim_campplus, wer]
@@ -93,10 +95,10 @@ def test_wavs_next_to_each_checkpoint_and_one_metrics_row_per_checkpoint(run):
     for row in rows:
         assert row["error"] is None
         assert -1.0 <= row["metrics"]["samples/sim_campplus"] <= 1.0
-        assert len(row["utterances"]) == 2 and row["skipped_for_time"] == []
+        assert len(row["utterances"]) == 4 and row["skipped_for_time"] == []
         for utt, entry in row["utterances"].items():
             wav = exp / "samples" / row["name"] / f"{utt}.wav"
-            assert entry["wav"] == str(wav.relative_to(exp)) and len(entry["text"].split()) == 2
+            assert entry["wav"] == str(wav.relative_to(exp)) and len(entry["text"].split()) == 3
             info = soundfile.info(str(wav))
             assert info.samplerate == rate and info.channels == 1 and info.frames / rate > 0.1
             assert entry["scores"]["samples/sim_campplus"] is not None
