@@ -515,3 +515,17 @@ def test_one_long_file_trains_under_torchrun(single, upstream_tree, tmp_path_fac
     assert proc.returncode == 0, log[-4000:]
     assert re.search(r"TRAIN Batch \d+/\d+ loss \d+\.\d+", log), log[-3000:]
     assert (exp / "epoch_0_whole.pt").is_file(), sorted(os.listdir(exp))
+
+
+def test_cli_options_and_cutting_defaults_agree():
+    """The CLI, PrepareOptions and raw.RawOptions state the same defaults: `cosyext prepare` with no raw
+    options cuts and filters exactly as the library's RawOptions() does."""
+    from cosyvoice_ext.cli import build_parser
+    from cosyvoice_ext.commands.prepare_cmd import RAW_ARGS
+    from cosyvoice_ext.prepare.pipeline import raw_options
+
+    args = build_parser().parse_args(["prepare", "SRC", "DEST"])
+    defaults = PrepareOptions(src=Path("SRC"), dest=Path("DEST"))
+    for name in RAW_ARGS:
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert raw_options(defaults) == raw_mod.RawOptions()

@@ -46,6 +46,9 @@ class NoUsableData(CosyextError):
     exit_code = 1
 
 
+_RAW = raw_mod.RawOptions()
+
+
 @dataclasses.dataclass
 class PrepareOptions:
     src: Path
@@ -70,15 +73,16 @@ class PrepareOptions:
     #: Whisper model name or checkpoint path
     asr: str | None = None
     language: str | None = None
-    min_segment_sec: float = 2.0
-    max_segment_sec: float = 15.0
-    split_pause: float = 0.5
-    target_lufs: float = -20.0
-    min_speech_ratio: float = 0.5
-    min_asr_logprob: float = -1.0
-    max_no_speech: float = 0.6
-    max_compression_ratio: float = 2.4
-    max_clipped: float = 0.001
+    # the cutting, loudness and filter defaults are raw.RawOptions' (one place)
+    min_segment_sec: float = _RAW.slice.min_sec
+    max_segment_sec: float = _RAW.slice.max_sec
+    split_pause: float = _RAW.slice.split_pause
+    target_lufs: float = _RAW.target_lufs
+    min_speech_ratio: float = _RAW.min_speech_ratio
+    min_asr_logprob: float = _RAW.min_asr_logprob
+    max_no_speech: float = _RAW.max_no_speech
+    max_compression_ratio: float = _RAW.max_compression_ratio
+    max_clipped: float = _RAW.max_clipped
     #: the data report (report.html/.md); None: written for raw recordings only
     report: bool | None = None
     #: GPU size (GiB) the report's training recommendation is for
