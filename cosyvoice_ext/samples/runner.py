@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -45,39 +44,19 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(npy)
 
 
-class _QuietUpstream(logging.Filter):
-    """Upstream's per-sentence INFO lines ("synthesis text ...") stay out of the training log."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__()
-        self.prefix = str(root) + os.sep
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not str(record.pathname).startswith(self.prefix)
-
-
 @contextlib.contextmanager
 def quiet_upstream(root: Path) -> Iterator[None]:
-    flt = _QuietUpstream(root)
+    """Upstream's per-sentence INFO lines ("synthesis text ...") stay out of the training log while sampling
+    (synth's own quiet mode would filter train.py's lines for the rest of the run)."""
+    from ..synth.loader import UpstreamChatter
+
+    flt = UpstreamChatter(root)
     logger = logging.getLogger()
     logger.addFilter(flt)
     try:
         yield
     finally:
         logger.removeFilter(flt)
-
-
-@contextlib.contextmanager
-def keep_handler_levels() -> Iterator[None]:
-    """Importing upstream's inference code imports modelscope, whose logger sets every root StreamHandler
-    to ERROR when torch.distributed is initialised: rank 0's training log (train.py's own lines included)
-    would go silent for the rest of the run. The handlers' levels are put back."""
-    handlers = [(h, h.level) for h in logging.getLogger().handlers]
-    try:
-        yield
-    finally:
-        for handler, level in handlers:
-            handler.setLevel(level)
 
 
 def training_tree() -> Path:
@@ -148,8 +127,8 @@ class Sampler:
             write_wav(prompt_wav, self.prompt.clip)
             self.voice = ZeroShot(prompt_wav, self.prompt.text)
 
-        with keep_handler_levels():  # verbose: synth's quiet mode would filter train.py's own log lines
-            self.syn = Synthesizer(upstream, ModelSource.pretrained(pretrained), verbose=True)
+        # verbose: synth's quiet mode would filter train.py's own log lines (synth keeps the root handlers' levels)
+        self.syn = Synthesizer(upstream, ModelSource.pretrained(pretrained), verbose=True)
         self.syn.check_voice(self.voice)
         self.sample_rate = self.syn.sample_rate
         self.t_build = time.perf_counter() - t0

@@ -56,7 +56,7 @@ class Synthesizer:
         imported = loader.import_tree(tree, verbose=verbose)
         self.tree = tree
         cls = imported.inference_class(self.family)
-        with loader.quiet(verbose):
+        with loader.quiet(verbose), loader.keep_root_logger():
             self._cv = cls(str(self.model_dir))  # load_jit/load_trt/load_vllm stay off: they write into the dir
         for item in loaded:
             adapter_mod.apply(getattr(self._cv.model, item.model), item)

@@ -182,14 +182,19 @@ def quiet(verbose: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def keep_root_logger() -> Iterator[None]:
-    """Undo what importing upstream does to the root logger (basicConfig at DEBUG)."""
+    """Undo what importing and constructing upstream does to the root logger: basicConfig at DEBUG, and
+    modelscope's logger setting every root StreamHandler to ERROR once torch.distributed is initialised
+    (which silenced rank 0's whole training log when samples built the inference class there)."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
+    handler_levels = [(h, h.level) for h in handlers]
     try:
         yield
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
+        for handler, handler_level in handler_levels:
+            handler.setLevel(handler_level)
 
 
 def install_warning_filters() -> None:
@@ -198,7 +203,7 @@ def install_warning_filters() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
-class _UpstreamChatter(logging.Filter):
+class UpstreamChatter(logging.Filter):
     """Drops upstream's INFO/DEBUG records ("synthesis text ...", "yield speech len ...") from the root logger."""
 
     def __init__(self, root: Path) -> None:
@@ -211,7 +216,7 @@ class _UpstreamChatter(logging.Filter):
 
 def _filter_upstream_records(root: Path, verbose: bool) -> None:
     if not verbose:
-        logging.getLogger().addFilter(_UpstreamChatter(root))
+        logging.getLogger().addFilter(UpstreamChatter(root))
 
 
 def _disable_tqdm(module: ModuleType) -> None:
