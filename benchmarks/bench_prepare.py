@@ -75,20 +75,6 @@ def long_file(work: Path, minutes: float) -> Path:
     return path
 
 
-def tiny_whisper(path: Path) -> Path:
-    """eval.tiny's checkpoint with the decoder's positional embedding initialised (whisper leaves it torch.empty)."""
-    import torch
-
-    from cosyvoice_ext.eval.tiny import make_whisper_checkpoint
-
-    make_whisper_checkpoint(path)
-    ck = torch.load(path, weights_only=True)
-    pe = ck["model_state_dict"]["decoder.positional_embedding"]
-    ck["model_state_dict"]["decoder.positional_embedding"] = torch.randn(pe.shape) * 0.02
-    torch.save(ck, path)
-    return path
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=12.0, help="audio to build and prepare (default 12)")
@@ -112,7 +98,9 @@ def main() -> None:
         src = long_file(work, args.minutes)
         audio_min = soundfile.info(src).duration / 60
         pretrained = make_pretrained_standin(work / "pretrained")
-        ckpt = tiny_whisper(work / "tiny.pt")
+        from cosyvoice_ext.eval.tiny import make_whisper_checkpoint
+
+        ckpt = make_whisper_checkpoint(work / "tiny.pt")
         t: dict[str, float] = {}
 
         s = time.perf_counter()

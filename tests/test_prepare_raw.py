@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from cosyvoice_ext.eval.tiny import make_whisper_checkpoint
 from cosyvoice_ext.prepare import PrepareOptions, prepare
 from cosyvoice_ext.prepare import raw as raw_mod
 from cosyvoice_ext.prepare import report as report_mod
@@ -41,23 +42,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def tiny_whisper(path: Path) -> Path:
-    """eval.tiny's random checkpoint with the text decoder's positional embedding initialised: openai-whisper
-    allocates it with torch.empty (a trained checkpoint overwrites it), so as saved it holds whatever memory
-    held (1e25, NaN logits) and differs run to run."""
-    import torch
-
-    from cosyvoice_ext.eval.tiny import make_whisper_checkpoint
-
-    make_whisper_checkpoint(path)
-    ck = torch.load(path, weights_only=True)
-    pe = ck["model_state_dict"]["decoder.positional_embedding"]
-    ck["model_state_dict"]["decoder.positional_embedding"] = \
-        torch.randn(pe.shape, generator=torch.Generator().manual_seed(0)) * 0.02
-    torch.save(ck, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +82,7 @@ def talk(voices, tmp_path_factory) -> tuple[Path, list[tuple[float, float]]]:
 
 @pytest.fixture(scope="module")
 def asr(tmp_path_factory) -> Path:
-    return tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny.pt")
+    return make_whisper_checkpoint(tmp_path_factory.mktemp("whisper") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
